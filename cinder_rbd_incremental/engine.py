@@ -1,0 +1,350 @@
+"""The transfer engine: changed extents of a source image into a sink.
+
+Data flows one way::
+
+    diff_iterate -> chunks -> parallel aio reads -> zero-run detection -> sink
+
+``transfer`` enumerates the extents that changed between two snapshots of an
+image (or every allocated extent, for a full copy), reads them with many
+``aio_read`` requests in flight, splits what it read into data and zero runs
+at ``zero_granularity`` and hands both to a :class:`Sink`: an image on another
+cluster, a diff stream, anything with the same five methods. Memory is bounded
+by ``max_in_flight_bytes`` on the read side (and the sink's own bound), never
+by the size of the volume.
+"""
+
+import collections
+import dataclasses
+import errno
+import os
+import threading
+import time
+
+DEFAULT_CHUNK_SIZE = 4 << 20
+DEFAULT_GRANULARITY = 4096
+
+
+class TransferError(Exception):
+    """An I/O request failed; the message names the operation and offset."""
+
+
+class Cancelled(Exception):
+    """The caller asked the transfer to stop; the sink was aborted."""
+
+
+@dataclasses.dataclass
+class TransferOptions:
+    """Knobs of the engine (the defaults suit a 4 MiB-object image)."""
+
+    zero_granularity: int = DEFAULT_GRANULARITY
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_in_flight_ops: int = 32
+    max_in_flight_bytes: int = 64 << 20
+    whole_object: bool = False
+
+    def __post_init__(self):
+        if self.zero_granularity <= 0 or self.chunk_size % self.zero_granularity:
+            raise ValueError("chunk size must be a multiple of the zero granularity")
+        if self.max_in_flight_ops < 1 or self.max_in_flight_bytes < self.chunk_size:
+            raise ValueError("in-flight limits must allow at least one chunk")
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a transfer produces: the state named ``to_snap`` of an image.
+
+    ``from_snap`` is None for a full copy. ``identity_from``/``identity_to``
+    identify the source snapshots (cluster fsid, image id, snapshot id) so a
+    sink can check that it applies onto the same point in time.
+    """
+
+    to_snap: str
+    size: int
+    from_snap: str = None
+    identity_from: dict = None
+    identity_to: dict = None
+
+
+@dataclasses.dataclass
+class Stats:
+    """What a transfer did, in bytes of image address space."""
+
+    changed_bytes: int = 0
+    extents: int = 0
+    data_bytes: int = 0
+    zero_bytes: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+class Sink:
+    """Where a transfer writes. Subclasses implement all five methods.
+
+    Contract: ``begin`` once (check the target's state, resize), then
+    ``write``/``zero`` for disjoint extents in any order, then exactly one of
+    ``commit`` (flush everything, then mark the end state, e.g. create the
+    end snapshot) or ``abort`` (leave nothing that looks complete).
+    """
+
+    def begin(self, plan):
+        raise NotImplementedError
+
+    def write(self, offset, data):
+        raise NotImplementedError
+
+    def zero(self, offset, length):
+        raise NotImplementedError
+
+    def commit(self):
+        raise NotImplementedError
+
+    def abort(self):
+        raise NotImplementedError
+
+
+def changed_extents(image, from_snap=None, whole_object=False):
+    """Return ``[(offset, length, exists)]`` changed since ``from_snap``.
+
+    With no ``from_snap``: every allocated extent (including a clone parent's).
+    ``exists`` False means the extent was discarded and now reads as zeros.
+    """
+    extents = []
+    image.diff_iterate(0, image.size(), from_snap,
+                       lambda offset, length, exists: extents.append((offset, length, exists)),
+                       include_parent=True, whole_object=whole_object)
+    return extents
+
+
+def chunked(extents, chunk_size):
+    """Split extents at multiples of ``chunk_size`` (object boundaries)."""
+    for offset, length, exists in extents:
+        end = offset + length
+        while offset < end:
+            step = min(end, (offset // chunk_size + 1) * chunk_size) - offset
+            yield offset, step, exists
+            offset += step
+
+
+_ZERO_BLOCKS = {}
+
+
+def _zero_block(size):
+    block = _ZERO_BLOCKS.get(size)
+    if block is None:
+        block = _ZERO_BLOCKS[size] = bytes(size)
+    return block
+
+
+def zero_runs(data, granularity=DEFAULT_GRANULARITY):
+    """Yield ``(start, length, is_zero)`` runs covering ``data``.
+
+    Blocks of ``granularity`` bytes that are all zero merge into zero runs,
+    everything else into data runs. ``bytes.startswith`` compares in place,
+    so no block is copied.
+    """
+    size = len(data)
+    zero = _zero_block(granularity)
+    run_start, run_zero = 0, None
+    for block_start in range(0, size, granularity):
+        block_end = min(block_start + granularity, size)
+        if block_end - block_start == granularity:
+            is_zero = data.startswith(zero, block_start)
+        else:
+            is_zero = data.startswith(_zero_block(block_end - block_start), block_start)
+        if is_zero is not run_zero:
+            if run_zero is not None:
+                yield run_start, block_start - run_start, run_zero
+            run_start, run_zero = block_start, is_zero
+    if run_zero is not None:
+        yield run_start, size - run_start, run_zero
+
+
+def feed(sink, offset, data, granularity):
+    """Hand ``data`` at ``offset`` to ``sink`` as data and zero runs."""
+    view = memoryview(data)
+    for start, length, is_zero in zero_runs(data, granularity):
+        if is_zero:
+            sink.zero(offset + start, length)
+        else:
+            sink.write(offset + start, view[start:start + length])
+
+
+class AioReader:
+    """Read chunks of an image with bounded parallelism, in order.
+
+    ``read(chunks)`` takes ``(offset, length, exists)`` tuples and yields
+    ``(offset, length, exists, data)``; ``data`` is None where ``exists`` is
+    False (nothing to read). Up to ``max_ops`` requests and ``max_bytes`` bytes
+    are in flight; results come back in submission order so a stream sink
+    sees ascending offsets.
+    """
+
+    def __init__(self, image, max_ops, max_bytes):
+        self._image = image
+        self._max_ops = max_ops
+        self._max_bytes = max_bytes
+        self._cond = threading.Condition()
+
+    def read(self, chunks):
+        pending = collections.deque()
+        in_flight = 0
+        for offset, length, exists in chunks:
+            while pending and (len(pending) >= self._max_ops
+                               or in_flight + length > self._max_bytes):
+                item = self._wait(pending.popleft())
+                in_flight -= item[1]
+                yield item
+            pending.append(self._submit(offset, length, exists))
+            in_flight += length
+        while pending:
+            yield self._wait(pending.popleft())
+
+    def _submit(self, offset, length, exists):
+        slot = [offset, length, exists, None, None]  # ..., data, error
+        if not exists:
+            slot[4] = False
+            return slot
+
+        def done(completion, data):
+            with self._cond:
+                result = completion.get_return_value()
+                if result < 0:
+                    slot[4] = TransferError("read of %d bytes at offset %d failed: %s"
+                                            % (length, offset, os.strerror(-result)))
+                else:
+                    slot[3] = data if len(data) == length else data.ljust(length, b"\0")
+                    slot[4] = False
+                self._cond.notify_all()
+
+        self._image.aio_read(offset, length, done)
+        return slot
+
+    def _wait(self, slot):
+        with self._cond:
+            self._cond.wait_for(lambda: slot[4] is not None)
+        if slot[4]:
+            raise slot[4]
+        return tuple(slot[:4])
+
+
+class AioWriter:
+    """Bounded parallel ``aio_write`` / ``aio_write_zeroes`` to an image.
+
+    ``write`` and ``zero`` block only while the in-flight limits are reached.
+    ``drain`` waits for everything and raises the first error; a write error
+    is also raised by the next ``write``/``zero`` so a failing target stops
+    the transfer early.
+    """
+
+    def __init__(self, image, max_ops, max_bytes):
+        self._image = image
+        self._max_ops = max_ops
+        self._max_bytes = max_bytes
+        self._cond = threading.Condition()
+        self._ops = 0
+        self._bytes = 0
+        self._error = None
+
+    def write(self, offset, data):
+        length = len(data)
+        self._reserve(length)
+        try:
+            self._image.aio_write(bytes(data), offset, self._on_done("write", offset, length))
+        except Exception:
+            self._release(length)
+            raise
+
+    def zero(self, offset, length):
+        self._reserve(0)
+        try:
+            self._image.aio_write_zeroes(offset, length, self._on_done("zero", offset, 0))
+        except Exception:
+            self._release(0)
+            raise
+
+    def drain(self):
+        with self._cond:
+            self._cond.wait_for(lambda: self._ops == 0)
+            self._raise_error()
+
+    def _reserve(self, length):
+        with self._cond:
+            self._raise_error()
+            self._cond.wait_for(lambda: self._ops == 0 or self._error is not None or (
+                self._ops < self._max_ops and self._bytes + length <= self._max_bytes))
+            self._raise_error()
+            self._ops += 1
+            self._bytes += length
+
+    def _release(self, length):
+        with self._cond:
+            self._ops -= 1
+            self._bytes -= length
+            self._cond.notify_all()
+
+    def _on_done(self, what, offset, length):
+        def done(completion):
+            result = completion.get_return_value()
+            if result < 0 and self._error is None:
+                self._error = TransferError("%s at offset %d failed: %s"
+                                            % (what, offset, os.strerror(-result)))
+            self._release(length)
+        return done
+
+    def _raise_error(self):
+        if self._error is not None:
+            raise self._error
+
+
+def transfer(image, sink, plan, options=None, progress=None, should_cancel=None):
+    """Copy what changed in ``image`` from ``plan.from_snap`` into ``sink``.
+
+    ``image`` must be open at ``plan.to_snap``. ``progress(done, total)`` is
+    called after each chunk; ``should_cancel()`` returning True stops the
+    transfer with :class:`Cancelled`. The sink is committed only after every
+    chunk was handed over; on any error it is aborted and the error raised.
+    Returns :class:`Stats`.
+    """
+    options = options or TransferOptions()
+    started = time.monotonic()
+    extents = changed_extents(image, plan.from_snap, options.whole_object)
+    stats = Stats(changed_bytes=sum(e[1] for e in extents), extents=len(extents))
+    reader = AioReader(image, options.max_in_flight_ops, options.max_in_flight_bytes)
+    sink.begin(plan)
+    try:
+        done = 0
+        for offset, length, _exists, data in reader.read(chunked(extents, options.chunk_size)):
+            if should_cancel and should_cancel():
+                raise Cancelled("transfer cancelled at offset %d" % offset)
+            if data is None:
+                sink.zero(offset, length)
+                stats.zero_bytes += length
+            else:
+                _feed_counted(sink, offset, data, options.zero_granularity, stats)
+            done += length
+            if progress:
+                progress(done, stats.changed_bytes)
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _feed_counted(sink, offset, data, granularity, stats):
+    view = memoryview(data)
+    for start, length, is_zero in zero_runs(data, granularity):
+        if is_zero:
+            sink.zero(offset + start, length)
+            stats.zero_bytes += length
+        else:
+            sink.write(offset + start, view[start:start + length])
+            stats.data_bytes += length
+
+
+def errno_of(exc):
+    """Best-effort errno of a librbd/librados exception (for exit codes)."""
+    return getattr(exc, "errno", None) or errno.EIO
