@@ -107,3 +107,24 @@ def open_image(spec, pool, name, snapshot=None, read_only=False):
     with cluster(spec) as client, ioctx(client, pool) as ctx:
         with image(ctx, name, snapshot=snapshot, read_only=read_only) as img:
             yield img
+
+
+def snapshot_identity(client, img, snap_name):
+    """Identify a snapshot across clusters: cluster fsid, image id, snapshot id.
+
+    Two snapshots with equal identities are the same point in time of the
+    same image; names alone can repeat.
+    """
+    return {"fsid": client.get_fsid(), "image_id": img.id(),
+            "snap_id": img.snap_get_id(snap_name)}
+
+
+def create_image_like(ctx, name, size, order=None):
+    """Create a format 2 image for a copy (layering, exclusive-lock, object-map, fast-diff)."""
+    features = (rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK
+                | rbd.RBD_FEATURE_OBJECT_MAP | rbd.RBD_FEATURE_FAST_DIFF
+                | rbd.RBD_FEATURE_DEEP_FLATTEN)
+    try:
+        rbd.RBD().create(ctx, name, size, order=order, old_format=False, features=features)
+    except rbd.ImageExists:
+        raise ClusterError("image %s/%s already exists" % (ctx.get_pool_name(), name)) from None

@@ -454,3 +454,57 @@ def summarize(reader: DiffReader) -> dict:
         "end_offset": end,
         "end_seen": st.end_seen,
     }
+
+
+def _clip(record, start, end):
+    """The part of ``record`` inside [start, end), or None."""
+    start, end = max(start, record.offset), min(end, record.offset + record.length)
+    if start >= end:
+        return None
+    if isinstance(record, ZeroRecord):
+        return ZeroRecord(start, end - start)
+    skip = start - record.offset
+    return DataRecord(start, record.data[skip:skip + end - start])
+
+
+def _write_record(writer, record):
+    if isinstance(record, ZeroRecord):
+        writer.write_zero(record.offset, record.length)
+    else:
+        writer.write_data(record.offset, record.data)
+
+
+def merge(first: DiffReader, second: DiffReader, writer: DiffWriter):
+    """Merge two consecutive diffs into one, streaming (like ``rbd merge-diff``).
+
+    ``first``'s end snapshot must be ``second``'s start snapshot. The result
+    goes from ``first``'s start to ``second``'s end at ``second``'s size;
+    where both diffs cover an extent, ``second`` wins. Raises DiffFormatError.
+    """
+    one, two = first.header, second.header
+    if one.to_snap != two.from_snap:
+        raise DiffFormatError("cannot merge: first diff ends at %r but second starts at %r"
+                              % (one.to_snap, two.from_snap))
+    size = two.size if two.size is not None else one.size
+    writer.write_header(one.from_snap, two.to_snap, size)
+    a_records, b_records = iter(first), iter(second)
+    a, b = next(a_records, None), next(b_records, None)
+    while a is not None or b is not None:
+        if a is not None and (b is None or a.offset < b.offset):
+            # emit the part of a before b starts (and inside the new size)
+            limit = size if b is None else min(size, b.offset)
+            head = _clip(a, a.offset, limit)
+            if head is not None:
+                _write_record(writer, head)
+            a = _clip(a, limit, a.offset + a.length) if b is not None else None
+            if a is None or a.offset >= size:
+                a = next(a_records, None)
+            continue
+        _write_record(writer, b)
+        end = b.offset + b.length
+        while a is not None and a.offset + a.length <= end:
+            a = next(a_records, None)
+        if a is not None:
+            a = _clip(a, end, a.offset + a.length)
+        b = next(b_records, None)
+    writer.close()

@@ -1,0 +1,372 @@
+"""``rbd-incremental``: rbd's diff commands, in process, parallel and safe.
+
+Exit codes:
+
+* 0  success
+* 1  error (one line on stderr says what and where)
+* 2  usage error
+* 3  nothing to do: the target already has the end snapshot
+* 4  refused: the target is not in the state the diff starts from
+* 5  verify: the images differ
+* 130 interrupted
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+
+import tqdm
+
+from cinder_rbd_incremental import cluster, diffstream, engine, naming
+from cinder_rbd_incremental.targets import file as file_target
+from cinder_rbd_incremental.targets import rbd as rbd_target
+
+EXIT_ERROR, EXIT_USAGE, EXIT_ALREADY, EXIT_REFUSED, EXIT_DIFFERENT = 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """A failure reported as one line with an exit code."""
+
+    def __init__(self, message, code=EXIT_ERROR):
+        super().__init__(message)
+        self.code = code
+
+
+# --- argument parsing -------------------------------------------------------
+
+def _add_cluster_args(parser, prefix="", label=""):
+    dest = prefix.replace("-", "_")
+    parser.add_argument("--%sconf" % prefix, dest=dest + "conf", metavar="FILE",
+                        help="ceph.conf of the %scluster" % label)
+    parser.add_argument("--%sid" % prefix, dest=dest + "id", metavar="USER",
+                        help="cephx user (without client.) on the %scluster" % label)
+    parser.add_argument("--%skeyring" % prefix, dest=dest + "keyring", metavar="FILE",
+                        help="keyring for that user")
+
+
+def _add_engine_args(parser):
+    parser.add_argument("--whole-object", action="store_true",
+                        help="compare whole objects (fast with fast-diff, coarser)")
+    parser.add_argument("--zero-granularity", type=int, default=engine.DEFAULT_GRANULARITY,
+                        metavar="BYTES", help="zero-run detection block size (default 4096)")
+    parser.add_argument("--max-in-flight", type=int, default=32, metavar="N",
+                        help="concurrent librbd requests per direction (default 32)")
+
+
+def _common_args(default):
+    """Options accepted before and after the command, like rbd's."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=default)
+    common.add_argument("-c", "--conf", help="ceph.conf (default: librados' search path)")
+    common.add_argument("--id", help="cephx user, without the client. prefix")
+    common.add_argument("--keyring", help="keyring file")
+    common.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    common.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
+    return common
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="rbd-incremental", parents=[_common_args(None)],
+        description="Incremental RBD transfers: export, import, inspect, merge, sync and "
+                    "verify RBD diffs, checking that a diff lands on the right state.")
+    parser.set_defaults(no_progress=False, debug=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_args(argparse.SUPPRESS)
+
+    def add(name, help):
+        return sub.add_parser(name, help=help, parents=[common])
+
+    cmd = add("export-diff", "write the changes of an image to a diff file")
+    cmd.add_argument("--from-snap", metavar="SNAP", help="start snapshot (default: full)")
+    cmd.add_argument("--export-format", type=int, choices=(1, 2), default=1,
+                     help="diff format: 1 (rbd import-diff) or 2 (adds lineage)")
+    _add_engine_args(cmd)
+    cmd.add_argument("image", metavar="POOL/IMAGE@SNAP")
+    cmd.add_argument("path", metavar="FILE|-")
+    cmd.set_defaults(func=cmd_export_diff)
+
+    cmd = add("import-diff", "apply a diff file to an image, safely")
+    cmd.add_argument("--force", action="store_true", help="skip the state checks")
+    cmd.add_argument("--rollback", action="store_true",
+                     help="roll a HEAD changed since the start snapshot back to it first")
+    cmd.add_argument("--zero-granularity", type=int, default=engine.DEFAULT_GRANULARITY,
+                     metavar="BYTES", help="zero-run detection block size (default 4096)")
+    cmd.add_argument("path", metavar="FILE|-")
+    cmd.add_argument("image", metavar="POOL/IMAGE")
+    cmd.set_defaults(func=cmd_import_diff)
+
+    cmd = add("diff", "list changed extents (like rbd diff)")
+    cmd.add_argument("--from-snap", metavar="SNAP")
+    cmd.add_argument("--whole-object", action="store_true")
+    cmd.add_argument("--format", choices=("plain", "json", "xml"), default="plain")
+    cmd.add_argument("image", metavar="POOL/IMAGE[@SNAP]")
+    cmd.set_defaults(func=cmd_diff)
+
+    cmd = add("inspect", "describe a diff file (ours or rbd's)")
+    cmd.add_argument("--format", choices=("plain", "json"), default="plain")
+    cmd.add_argument("path", metavar="FILE|-")
+    cmd.set_defaults(func=cmd_inspect)
+
+    cmd = add("merge-diff", "merge two consecutive diffs into one")
+    cmd.add_argument("first", metavar="FIRST")
+    cmd.add_argument("second", metavar="SECOND")
+    cmd.add_argument("path", metavar="OUT|-")
+    cmd.set_defaults(func=cmd_merge_diff)
+
+    cmd = add("sync", "copy an image's changes to another cluster, no file")
+    cmd.add_argument("--from-snap", metavar="SNAP", help="start snapshot (default: full)")
+    cmd.add_argument("--force", action="store_true", help="skip the state checks")
+    cmd.add_argument("--rollback", action="store_true",
+                     help="roll a destination HEAD changed since the start snapshot back")
+    _add_cluster_args(cmd, "src-", "source ")
+    _add_cluster_args(cmd, "dest-", "destination ")
+    _add_engine_args(cmd)
+    cmd.add_argument("source", metavar="POOL/IMAGE@SNAP")
+    cmd.add_argument("dest", metavar="POOL/IMAGE")
+    cmd.set_defaults(func=cmd_sync)
+
+    cmd = add("verify", "compare two images at snapshots, byte for byte")
+    _add_cluster_args(cmd, "src-", "first image's ")
+    _add_cluster_args(cmd, "dest-", "second image's ")
+    cmd.add_argument("first", metavar="POOL/IMAGE@SNAP")
+    cmd.add_argument("second", metavar="POOL/IMAGE@SNAP")
+    cmd.set_defaults(func=cmd_verify)
+    return parser
+
+
+# --- helpers ----------------------------------------------------------------
+
+def cluster_spec(args, prefix=""):
+    """A ClusterSpec from ``--PREFIXconf/id/keyring``, defaulting to -c/--id/--keyring."""
+    def pick(name):
+        return getattr(args, prefix + name, None) or getattr(args, name)
+    return cluster.ClusterSpec(conf=pick("conf"), user=pick("id"), keyring=pick("keyring"))
+
+
+def engine_options(args):
+    return engine.TransferOptions(zero_granularity=args.zero_granularity,
+                                  max_in_flight_ops=args.max_in_flight,
+                                  whole_object=args.whole_object)
+
+
+@contextlib.contextmanager
+def progress_bar(args, what):
+    """A ``progress(done, total)`` callback drawing on stderr when it is a terminal."""
+    show = not args.no_progress and sys.stderr.isatty()
+    bar = tqdm.tqdm(desc=what, unit="B", unit_scale=True, unit_divisor=1024,
+                    file=sys.stderr, disable=not show, leave=False)
+
+    def update(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def open_input(path):
+    if path == "-":
+        yield sys.stdin.buffer
+    else:
+        try:
+            stream = open(path, "rb", buffering=1 << 20)
+        except OSError as exc:
+            raise CommandError("cannot open %s: %s" % (path, exc.strerror)) from None
+        with stream:
+            yield stream
+
+
+def output_sink(path, version):
+    if path == "-":
+        return file_target.DiffStreamSink(sys.stdout.buffer, version=version)
+    return file_target.DiffFileSink(path, version=version)
+
+
+@contextlib.contextmanager
+def source_image(spec, image_spec, need_snap=True):
+    """Open ``POOL/IMAGE@SNAP`` read-only; yields (client, image, snap)."""
+    pool, name, snap = naming.parse_image_spec(image_spec, need_snap=need_snap)
+    with cluster.cluster(spec) as client, cluster.ioctx(client, pool) as ctx:
+        with cluster.image(ctx, name, snapshot=snap, read_only=True) as img:
+            yield client, img, snap
+
+
+def make_plan(client, img, to_snap, from_snap):
+    if from_snap and from_snap not in rbd_target.snapshot_names(img):
+        raise CommandError("%s has no snapshot %s" % (img.get_name(), from_snap))
+    return engine.Plan(
+        to_snap=to_snap, size=img.size(), from_snap=from_snap,
+        identity_from=cluster.snapshot_identity(client, img, from_snap) if from_snap else None,
+        identity_to=cluster.snapshot_identity(client, img, to_snap))
+
+
+def report(stats, **extra):
+    fields = dict(stats.as_dict(), **extra)
+    print(" ".join("%s=%s" % (k, round(v, 3) if isinstance(v, float) else v)
+                   for k, v in fields.items()), file=sys.stderr)
+
+
+# --- commands ---------------------------------------------------------------
+
+def cmd_export_diff(args):
+    with source_image(cluster_spec(args), args.image) as (client, img, snap):
+        plan = make_plan(client, img, snap, args.from_snap)
+        sink = output_sink(args.path, args.export_format)
+        with progress_bar(args, "export-diff") as progress:
+            stats = engine.transfer(img, sink, plan, engine_options(args), progress)
+    report(stats, stream_bytes=sink.bytes_written)
+
+
+def cmd_import_diff(args):
+    pool, name, _ = naming.parse_image_spec(args.image, allow_snap=False)
+    with open_input(args.path) as stream:
+        reader = diffstream.DiffReader(stream)
+        header = reader.header
+        if header.size is None:
+            raise CommandError("%s: the diff has no image size record" % args.path)
+        lineage = header.lineage or {}
+        plan = engine.Plan(to_snap=header.to_snap, size=header.size, from_snap=header.from_snap,
+                           identity_from=lineage.get("from"), identity_to=lineage.get("to"))
+        with cluster.open_image(cluster_spec(args), pool, name) as img:
+            sink = rbd_target.ImageSink(img, force=args.force, rollback=args.rollback)
+            with progress_bar(args, "import-diff") as progress:
+                stats = engine.apply_records(reader, sink, plan, args.zero_granularity, progress)
+    report(stats)
+
+
+def cmd_diff(args):
+    with source_image(cluster_spec(args), args.image, need_snap=False) as (_, img, _snap):
+        extents = engine.changed_extents(img, args.from_snap, args.whole_object)
+    rows = [(offset, length, "data" if exists else "zero") for offset, length, exists in extents]
+    if args.format == "json":
+        print(json.dumps([{"offset": o, "length": n, "exists": str(t == "data").lower()}
+                          for o, n, t in rows]))
+    elif args.format == "xml":
+        items = "".join("<extent><offset>%d</offset><length>%d</length><exists>%s</exists>"
+                        "</extent>" % (o, n, str(t == "data").lower()) for o, n, t in rows)
+        print("<rbd_diff>%s</rbd_diff>" % items)
+    else:
+        width = max([len(str(o)) for o, _, _ in rows] + [6])
+        lwidth = max([len(str(n)) for _, n, _ in rows] + [6])
+        print("%-*s  %-*s  %s" % (width, "Offset", lwidth, "Length", "Type"))
+        for offset, length, kind in rows:
+            print("%-*d  %-*d  %s" % (width, offset, lwidth, length, kind))
+
+
+def cmd_inspect(args):
+    with open_input(args.path) as stream:
+        summary = diffstream.summarize(diffstream.DiffReader(stream))
+    if args.format == "json":
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    for key in ("version", "from_snap", "to_snap", "size", "data_records", "data_bytes",
+                "zero_records", "zero_bytes", "extents", "covered_bytes", "first_offset",
+                "end_offset", "end_seen"):
+        print("%-14s %s" % (key + ":", summary[key]))
+    lineage = summary["lineage"]
+    print("%-14s %s" % ("lineage:", json.dumps(lineage, sort_keys=True) if lineage else "none"))
+
+
+def cmd_merge_diff(args):
+    if args.first == "-" and args.second == "-":
+        raise CommandError("only one input can be stdin")
+    with open_input(args.first) as one, open_input(args.second) as two:
+        sink = output_sink(args.path, version=1)
+        try:
+            diffstream.merge(diffstream.DiffReader(one), diffstream.DiffReader(two), sink.writer)
+        except BaseException:
+            sink.abort()
+            raise
+        sink.commit()
+
+
+def cmd_sync(args):
+    dest_pool, dest_name, _ = naming.parse_image_spec(args.dest, allow_snap=False)
+    options = engine_options(args)
+    with source_image(cluster_spec(args, "src_"), args.source) as (client, img, snap):
+        plan = make_plan(client, img, snap, args.from_snap)
+        dest_spec = cluster_spec(args, "dest_")
+        with cluster.cluster(dest_spec) as dest, cluster.ioctx(dest, dest_pool) as ctx:
+            fresh = _create_if_missing(ctx, dest_name, img, args.from_snap)
+            with cluster.image(ctx, dest_name) as dest_img:
+                sink = rbd_target.ImageSink(dest_img, fresh=fresh, force=args.force,
+                                            rollback=args.rollback,
+                                            max_in_flight_ops=options.max_in_flight_ops)
+                with progress_bar(args, "sync") as progress:
+                    stats = engine.transfer(img, sink, plan, options, progress)
+    report(stats)
+
+
+def _create_if_missing(ctx, name, src_img, from_snap):
+    """Create the destination like the source (format 2, size, object size).
+
+    Returns True when it was created (it then reads as zeros).
+    """
+    try:
+        with cluster.image(ctx, name, read_only=True):
+            return False
+    except cluster.ClusterError:
+        if from_snap:
+            raise CommandError("destination %s does not exist; an incremental sync needs "
+                               "the image holding snapshot %s" % (name, from_snap)) from None
+    cluster.create_image_like(ctx, name, src_img.size(), order=src_img.stat()["order"])
+    return True
+
+
+def cmd_verify(args):
+    spec_a, spec_b = cluster_spec(args, "src_"), cluster_spec(args, "dest_")
+    with source_image(spec_a, args.first) as (_, img_a, _s), \
+            source_image(spec_b, args.second) as (_, img_b, _t):
+        offset = engine.first_difference(img_a, img_b)
+    if offset is not None:
+        raise CommandError("images differ at offset %d" % offset, EXIT_DIFFERENT)
+    print("identical", file=sys.stderr)
+
+
+# --- entry point --------------------------------------------------------------
+
+ERRORS = (CommandError, cluster.ClusterError, diffstream.DiffFormatError, naming.InvalidName,
+          engine.TransferError, engine.StateError, OSError)
+
+
+def exit_code(exc):
+    if isinstance(exc, engine.AlreadyApplied):
+        return EXIT_ALREADY
+    if isinstance(exc, engine.StateError):
+        return EXIT_REFUSED
+    return getattr(exc, "code", EXIT_ERROR)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="rbd-incremental: %(message)s")
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("rbd-incremental: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug or not isinstance(exc, ERRORS + (_rbd_errors())):
+            raise
+        print("rbd-incremental: %s: %s" % (args.command, exc), file=sys.stderr)
+        return exit_code(exc)
+    return 0
+
+
+def _rbd_errors():
+    import rados
+    import rbd
+    return (rbd.Error, rados.Error)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
