@@ -17,9 +17,27 @@ import collections
 import dataclasses
 import errno
 import os
-import threading
+import random
+import sys
 import time
 
+
+def _native_threading():
+    """The OS's threading module, even when eventlet has monkey-patched it.
+
+    librbd completes aio requests on its own threads; they must be able to
+    wake the waiting thread, which green locks cannot do from a native thread
+    (cinder-backup runs under eventlet and calls us through its tpool).
+    """
+    if "eventlet" in sys.modules:
+        from eventlet import patcher
+        if patcher.is_monkey_patched("thread"):
+            return patcher.original("threading")
+    import threading
+    return threading
+
+
+threading = _native_threading()
 DEFAULT_CHUNK_SIZE = 4 << 20
 DEFAULT_GRANULARITY = 4096
 
@@ -63,7 +81,8 @@ class Plan:
 
     ``from_snap`` is None for a full copy. ``identity_from``/``identity_to``
     identify the source snapshots (cluster fsid, image id, snapshot id) so a
-    sink can check that it applies onto the same point in time.
+    sink can check that it applies onto the same point in time. The target's
+    snapshots may carry other names (``dest_from_snap``/``dest_to_snap``).
     """
 
     to_snap: str
@@ -71,6 +90,18 @@ class Plan:
     from_snap: str = None
     identity_from: dict = None
     identity_to: dict = None
+    dest_from_snap: str = None
+    dest_to_snap: str = None
+
+    @property
+    def dest_from(self):
+        """The from-snapshot's name on the target (default: the source's name)."""
+        return self.dest_from_snap or self.from_snap
+
+    @property
+    def dest_to(self):
+        """The end snapshot's name on the target (default: the source's name)."""
+        return self.dest_to_snap or self.to_snap
 
 
 @dataclasses.dataclass
@@ -306,10 +337,13 @@ class AioWriter:
             raise self._error
 
 
-def transfer(image, sink, plan, options=None, progress=None, should_cancel=None):
+def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
+             extents=None):
     """Copy what changed in ``image`` from ``plan.from_snap`` into ``sink``.
 
-    ``image`` must be open at ``plan.to_snap``. ``progress(done, total)`` is
+    ``image`` must be open at ``plan.to_snap``. ``extents`` (``(offset,
+    length, exists)``) replaces the diff when the caller knows better what to
+    copy (an in-place restore copies what changed on the destination). ``progress(done, total)`` is
     called after each chunk; ``should_cancel()`` returning True stops the
     transfer with :class:`Cancelled`. The sink is committed only after every
     chunk was handed over; on any error it is aborted and the error raised.
@@ -317,7 +351,8 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None)
     """
     options = options or TransferOptions()
     started = time.monotonic()
-    extents = changed_extents(image, plan.from_snap, options.whole_object)
+    if extents is None:
+        extents = changed_extents(image, plan.from_snap, options.whole_object)
     stats = Stats(changed_bytes=sum(e[1] for e in extents), extents=len(extents))
     reader = AioReader(image, options.max_in_flight_ops, options.max_in_flight_bytes)
     sink.begin(plan)
@@ -395,17 +430,20 @@ def allocated_chunks(images, chunk_size):
     return [(start, min(chunk_size, size - start), True) for start in sorted(starts)]
 
 
-def first_difference(image_a, image_b, options=None):
+def first_difference(image_a, image_b, options=None, sample=None):
     """Compare two images (open at their snapshots); return the first differing
     byte offset, or None when they are identical (size included).
 
     Only chunks that either image has allocated are read, both sides in
     parallel with bounded memory; unallocated chunks read as zeros on both.
+    ``sample``: compare only that many chunks, chosen at random.
     """
     options = options or TransferOptions()
     if image_a.size() != image_b.size():
         return min(image_a.size(), image_b.size())
     chunks = allocated_chunks([image_a, image_b], options.chunk_size)
+    if sample is not None and sample < len(chunks):
+        chunks = sorted(random.sample(chunks, sample))
     half_bytes = max(options.chunk_size, options.max_in_flight_bytes // 2)
     read_a = AioReader(image_a, options.max_in_flight_ops, half_bytes).read(chunks)
     read_b = AioReader(image_b, options.max_in_flight_ops, half_bytes).read(chunks)

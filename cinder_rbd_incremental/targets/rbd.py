@@ -14,12 +14,14 @@ metadata (``rbd image-meta``), so the checks work across processes:
   was interrupted, re-running the same transfer completes it.
 """
 
+import contextlib
 import json
 import logging
 
+import rados
 import rbd
 
-from cinder_rbd_incremental import engine
+from cinder_rbd_incremental import cluster, engine
 
 LOG = logging.getLogger(__name__)
 META_PREFIX = "rbd_incremental."
@@ -101,7 +103,8 @@ class ImageSink(engine.Sink):
     def begin(self, plan):
         self.plan = plan
         self._check_state(plan)
-        self.image.metadata_set(PENDING_KEY, json.dumps(self._pending_marker(plan)))
+        if plan.dest_to:  # an end state to protect: mark HEAD as being written
+            self.image.metadata_set(PENDING_KEY, json.dumps(self._pending_marker(plan)))
         if self.image.size() != plan.size:
             self.image.resize(plan.size)
 
@@ -116,13 +119,14 @@ class ImageSink(engine.Sink):
     def commit(self):
         self._writer.drain()
         self.image.flush()
-        if self.plan.identity_to:
-            self.image.metadata_set(snap_meta_key(self.plan.to_snap),
+        end = self.plan.dest_to
+        if end and self.plan.identity_to:
+            self.image.metadata_set(snap_meta_key(end),
                                     json.dumps(self.plan.identity_to, sort_keys=True))
-        if self.plan.to_snap:
-            self.image.create_snap(self.plan.to_snap)
-            self.snap_id = self.image.snap_get_id(self.plan.to_snap)
-        self.image.metadata_remove(PENDING_KEY)
+        if end:
+            self.image.create_snap(end)
+            self.snap_id = self.image.snap_get_id(end)
+            self.image.metadata_remove(PENDING_KEY)
 
     def abort(self):
         try:
@@ -132,36 +136,36 @@ class ImageSink(engine.Sink):
 
     @staticmethod
     def _pending_marker(plan):
-        return {"from_snap": plan.from_snap, "to_snap": plan.to_snap, "size": plan.size}
+        return {"from_snap": plan.dest_from, "to_snap": plan.dest_to, "size": plan.size}
 
     def _check_state(self, plan):
         names = snapshot_names(self.image)
         where = self.image.get_name()
-        if plan.to_snap and plan.to_snap in names:
+        if plan.dest_to and plan.dest_to in names:
             raise engine.AlreadyApplied("%s already has snapshot %s: nothing to do"
-                                        % (where, plan.to_snap))
+                                        % (where, plan.dest_to))
         if self.force:
             return
         resuming = get_meta_json(self.image, PENDING_KEY) == self._pending_marker(plan)
-        if plan.from_snap is None:
+        base = plan.dest_from
+        if base is None:
             self._check_empty(where, names, resuming)
             return
-        if plan.from_snap not in names:
+        if base not in names:
             raise engine.StateError("%s has no snapshot %s to apply the diff onto"
-                                    % (where, plan.from_snap))
-        recorded = get_meta_json(self.image, snap_meta_key(plan.from_snap))
+                                    % (where, base))
+        recorded = get_meta_json(self.image, snap_meta_key(base))
         if not same_identity(recorded, plan.identity_from):
             raise engine.StateError(
                 "%s@%s is not the same point in time as the source's %s (recorded %s, "
-                "source %s)" % (where, plan.from_snap, plan.from_snap, recorded,
-                                plan.identity_from))
-        if head_changed_since(self.image, plan.from_snap) and not resuming:
+                "source %s)" % (where, base, plan.from_snap, recorded, plan.identity_from))
+        if head_changed_since(self.image, base) and not resuming:
             if not self.rollback:
                 raise engine.StateError(
                     "%s has changed since snapshot %s; use --rollback to discard those "
-                    "changes or --force to apply anyway" % (where, plan.from_snap))
-            LOG.warning("rolling %s back to %s", where, plan.from_snap)
-            self.image.rollback_to_snap(plan.from_snap)
+                    "changes or --force to apply anyway" % (where, base))
+            LOG.warning("rolling %s back to %s", where, base)
+            self.image.rollback_to_snap(base)
 
     def _check_empty(self, where, names, resuming):
         """A full transfer goes onto an image with no snapshot and no data."""
@@ -171,3 +175,122 @@ class ImageSink(engine.Sink):
         if not self.fresh and not resuming and has_extents(self.image):
             raise engine.StateError("%s is not empty; a full diff needs an empty image "
                                     "(--force to apply anyway)" % where)
+
+
+def backup_meta_key(backup_id):
+    return META_PREFIX + "backup." + backup_id
+
+
+def volume_meta_key(backup_id):
+    return META_PREFIX + "volmeta." + backup_id
+
+
+class RBDTarget:
+    """The ``rbd`` backup target: one chain image per chain of backups.
+
+    A chain image lives in a pool on the backup cluster and holds one
+    snapshot per backup, so every backup is a restore point readable with
+    plain ``rbd``. Next to the data, the image's metadata holds each backup's
+    full lineage and the volume's Cinder metadata.
+    """
+
+    name = "rbd"
+
+    def __init__(self, spec, pool):
+        self.spec = spec
+        self.pool = pool
+
+    @classmethod
+    def from_conf(cls, options):
+        """Build from the driver's ``[backup_rbd_incremental]`` options."""
+        spec = cluster.ClusterSpec(conf=options.backup_ceph_conf, user=options.backup_ceph_user,
+                                   keyring=options.backup_ceph_keyring,
+                                   connect_timeout=options.connect_timeout,
+                                   op_timeout=options.op_timeout)
+        return cls(spec, options.backup_ceph_pool)
+
+    def connect(self):
+        """Context manager: ``(client, ioctx)`` on the backup pool."""
+        return _connected_pool(self.spec, self.pool)
+
+    def check_setup(self):
+        """Connect and prove the user can write to the pool; ClusterError otherwise."""
+        with self.connect() as (_client, ctx):
+            probe = META_PREFIX + "probe"
+            try:
+                ctx.write_full(probe, b"ok")
+                ctx.remove_object(probe)
+            except rados.PermissionError:
+                raise cluster.ClusterError(
+                    "client.%s cannot write to pool %s: give it 'profile rbd pool=%s'"
+                    % (self.spec.user, self.pool, self.pool)) from None
+
+    @staticmethod
+    def create_chain(ctx, name, size, order):
+        cluster.create_image_like(ctx, name, size, order=order)
+
+    @staticmethod
+    def delete_image(ctx, name):
+        """Remove an image and its snapshots; rbd.ImageNotFound if there is none."""
+        with rbd.Image(ctx, name) as img:
+            for snap in img.list_snaps():
+                if img.is_protected_snap(snap["name"]):
+                    img.unprotect_snap(snap["name"])
+                img.remove_snap(snap["name"])
+        rbd.RBD().remove(ctx, name)
+
+    @staticmethod
+    def sink(img, fresh, options):
+        """A sink that rolls back what an interrupted earlier attempt left on HEAD."""
+        return ImageSink(img, fresh=fresh, rollback=True,
+                         max_in_flight_ops=options.max_in_flight_ops,
+                         max_in_flight_bytes=options.max_in_flight_bytes)
+
+    @staticmethod
+    def save_lineage(img, record, volume_metadata=None):
+        img.metadata_set(backup_meta_key(record["backup_id"]), json.dumps(record, sort_keys=True))
+        if volume_metadata:
+            img.metadata_set(volume_meta_key(record["backup_id"]), volume_metadata)
+
+    @staticmethod
+    def load_lineage(img, backup_id):
+        return get_meta_json(img, backup_meta_key(backup_id))
+
+    @staticmethod
+    def load_volume_metadata(img, backup_id):
+        try:
+            return img.metadata_get(volume_meta_key(backup_id))
+        except KeyError:
+            return None
+
+    def delete_backup(self, ctx, image_name, snap_name, backup_id):
+        """Remove a backup's snapshot and records; the image once no snapshot is left.
+
+        Idempotent: pieces already gone are logged, not errors.
+        """
+        try:
+            img = rbd.Image(ctx, image_name)
+        except rbd.ImageNotFound:
+            LOG.info("chain image %s/%s is already gone", self.pool, image_name)
+            return
+        with img:
+            if snap_name in snapshot_names(img):
+                img.remove_snap(snap_name)
+            else:
+                LOG.info("snapshot %s@%s is already gone", image_name, snap_name)
+            for key in (backup_meta_key(backup_id), volume_meta_key(backup_id),
+                        snap_meta_key(snap_name)):
+                try:
+                    img.metadata_remove(key)
+                except KeyError:
+                    pass
+            left = snapshot_names(img)
+        if not left:
+            LOG.info("removing chain image %s/%s: no backup left in it", self.pool, image_name)
+            rbd.RBD().remove(ctx, image_name)
+
+
+@contextlib.contextmanager
+def _connected_pool(spec, pool):
+    with cluster.cluster(spec) as client, cluster.ioctx(client, pool) as ctx:
+        yield client, ctx

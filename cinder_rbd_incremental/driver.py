@@ -1,0 +1,540 @@
+"""Cinder backup driver: incremental RBD backups to a second Ceph cluster.
+
+Orchestration only: which snapshot to take, which parent to diff against,
+what to record. Moving bytes is the engine's job (``engine.py``), keeping
+them the target's (``targets/``).
+
+A chain of backups is one image on the backup cluster with one snapshot per
+backup. A full backup starts a new chain; an incremental applies the diff
+between the parent's source snapshot and a new one to the parent's chain.
+Only the newest backup snapshot is kept on the volume. When an incremental
+is impossible (the parent's source snapshot is gone, the volume image was
+replaced, the chain was damaged), the backup silently becomes a full one in
+a new chain, the reason is recorded and the user gets a Cinder message.
+
+In-use volumes: Cinder's RBD volume driver hands the live image only to
+backup drivers whose class path contains ``backup.drivers.ceph``; every other
+driver gets a temporary clone of an in-use volume. Cloning is cheap (copy on
+write), but a chain cannot live on a clone deleted after each backup, so this
+driver always opens the volume's own image (``volume.name``, in the pool and
+cluster os-brick connected to) and snapshots that: crash-consistent, exactly
+like the stock Ceph driver, and incremental whether the volume is attached
+or not.
+
+Long librbd work runs in native threads (Cinder's tpool under eventlet);
+database access stays in the calling green thread.
+"""
+
+import contextlib
+import dataclasses
+import logging
+
+import rbd
+from cinder import exception, objects
+from cinder import utils as cinder_utils
+from cinder.backup import driver as backup_driver
+from cinder.message import api as message_api
+from cinder.message import message_field
+from cinder.volume import volume_utils
+from oslo_config import cfg
+from oslo_service import loopingcall
+from stevedore import driver as stevedore_driver
+
+from cinder_rbd_incremental import cluster, engine, lineage, naming, opts
+from cinder_rbd_incremental.targets import rbd as rbd_target
+
+LOG = logging.getLogger(__name__)
+CONF = cfg.CONF
+opts.register_opts(CONF)
+TARGET_NAMESPACE = "cinder_rbd_incremental.targets"
+PROGRESS_INTERVAL = 10
+
+
+@dataclasses.dataclass
+class BackupJob:
+    """Everything the I/O part of a backup needs, gathered in the green thread."""
+
+    backup_id: str
+    volume_id: str
+    source_spec: cluster.ClusterSpec
+    source_pool: str
+    source_image: str
+    size: int
+    snapshot_name: str = None          # backing up a Cinder snapshot
+    parent_id: str = None
+    parent_location: tuple = None      # (pool, image, snap) from the parent's metadata
+    volume_metadata: str = None
+    progress: dict = dataclasses.field(default_factory=lambda: {"done": 0, "total": 0})
+
+
+def run_native(func, *args):
+    """Run blocking librbd work off the eventlet hub (a no-op in thread mode)."""
+    if cinder_utils.concurrency_mode_threading():
+        return func(*args)
+    from eventlet import tpool
+    return tpool.execute(func, *args)
+
+
+def load_target(options):
+    """The backup target plugin named by ``[backup_rbd_incremental] target``."""
+    manager = stevedore_driver.DriverManager(TARGET_NAMESPACE, options.target)
+    return manager.driver.from_conf(options)
+
+
+class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
+    """Backs up RBD volumes incrementally into chain images on a second cluster."""
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.options = CONF[opts.GROUP]
+        self.target = load_target(self.options)
+        self.message_api = message_api.API()
+
+    # -- set-up ----------------------------------------------------------------
+
+    def check_for_setup_error(self):
+        try:
+            self.target.check_setup()
+        except cluster.ClusterError as exc:
+            raise exception.BackupDriverException(reason=str(exc)) from None
+
+    def engine_options(self):
+        return engine.TransferOptions(
+            zero_granularity=self.options.zero_granularity,
+            max_in_flight_ops=self.options.max_in_flight_ops,
+            max_in_flight_bytes=self.options.max_in_flight_mib << 20,
+            whole_object=self.options.whole_object)
+
+    def source_spec(self, volume_file=None):
+        """How to reach the volume cluster: os-brick's connection when there is one."""
+        timeouts = {"connect_timeout": self.options.connect_timeout,
+                    "op_timeout": self.options.op_timeout}
+        if volume_file is not None and getattr(volume_file, "rbd_conf", None):
+            return cluster.ClusterSpec(conf=volume_file.rbd_conf, user=volume_file.rbd_user,
+                                       **timeouts)
+        return cluster.ClusterSpec(conf=self.options.source_ceph_conf,
+                                   user=self.options.source_ceph_user,
+                                   keyring=self.options.source_ceph_keyring, **timeouts)
+
+    # -- backup ------------------------------------------------------------------
+
+    def backup(self, backup, volume_file, backup_metadata=False):
+        volume = objects.Volume.get_by_id(self.context, backup.volume_id)
+        if not hasattr(volume_file, "rbd_image"):
+            raise exception.BackupDriverException(
+                reason="volume %s is not an RBD volume; this driver backs up RBD volumes"
+                       % volume.id)
+        job = self._backup_job(backup, volume, volume_file)
+        with self._progress_notifications(backup, job.progress):
+            record = run_native(self._backup_rbd, job)
+        return self._finish_backup(backup, volume, record)
+
+    def _backup_job(self, backup, volume, volume_file):
+        snapshot_name = None
+        if backup.snapshot_id:
+            snapshot_name = objects.Snapshot.get_by_id(self.context, backup.snapshot_id).name
+        parent_location = None
+        if backup.parent_id:
+            parent_location = self._parent_location(backup.parent)
+        return BackupJob(
+            backup_id=backup.id, volume_id=volume.id, source_spec=self.source_spec(volume_file),
+            source_pool=volume_file.rbd_pool, source_image=volume.name,
+            size=volume.size << 30, snapshot_name=snapshot_name, parent_id=backup.parent_id,
+            parent_location=parent_location, volume_metadata=self.get_metadata(volume.id))
+
+    @staticmethod
+    def _parent_location(parent):
+        try:
+            return lineage.parse_compact(parent.service_metadata)
+        except lineage.InvalidLineage as exc:
+            LOG.warning("parent backup %s: %s", parent.id, exc)
+            return None
+
+    def _finish_backup(self, backup, volume, record):
+        updates = {"service_metadata": lineage.compact(record),
+                   "container": record["target"]["pool"],
+                   "object_count": record["stats"].get("extents", 0)}
+        if record["full_reason"] and backup.parent_id:
+            LOG.warning("backup %s of volume %s is a full backup: %s", backup.id, volume.id,
+                        record["full_reason"])
+            updates["parent_id"] = None
+            self.message_api.create(
+                self.context, message_field.Action.BACKUP_CREATE, resource_uuid=volume.id,
+                detail=message_field.Detail.INCREMENTAL_BACKUP_FORCES_FULL_BACKUP,
+                level="WARNING")
+        return updates
+
+    def _backup_rbd(self, job):
+        """The I/O of a backup (native thread): snapshot, transfer, verify, record."""
+        options = self.engine_options()
+        with cluster.cluster(job.source_spec) as src_client, \
+                cluster.ioctx(src_client, job.source_pool) as src_ctx, \
+                self.target.connect() as (dst_client, dst_ctx):
+            src_snap = job.snapshot_name or self._take_source_snapshot(src_ctx, job)
+            with cluster.image(src_ctx, job.source_image, snapshot=src_snap,
+                               read_only=True) as src_img:
+                parent = self._usable_parent(job, src_client, src_img, dst_ctx)
+                record = self._transfer(job, options, src_client, src_img, src_snap,
+                                        dst_client, dst_ctx, parent)
+            self._prune_source_snapshots(src_ctx, job, keep=src_snap)
+        return record
+
+    @staticmethod
+    def _take_source_snapshot(src_ctx, job):
+        name = naming.backup_snapshot(job.backup_id)
+        with cluster.image(src_ctx, job.source_image) as img:
+            img.create_snap(name)
+        return name
+
+    def _usable_parent(self, job, src_client, src_img, dst_ctx):
+        """The parent's lineage if an incremental is possible, else the reason why not."""
+        if not job.parent_id:
+            return None, None
+        if job.parent_location is None:
+            return None, "the parent backup has no lineage of this driver"
+        _pool, image, snap = job.parent_location
+        try:
+            with cluster.image(dst_ctx, image, read_only=True) as chain:
+                record = self.target.load_lineage(chain, job.parent_id)
+                chain_snaps = rbd_target.snapshot_names(chain)
+        except cluster.ClusterError:
+            return None, "the parent's chain image %s is gone" % image
+        if record is None or snap not in chain_snaps:
+            return None, "the parent's snapshot %s is gone from %s" % (snap, image)
+        source_snap = record["source"].get("snapshot")
+        if source_snap not in rbd_target.snapshot_names(src_img):
+            return None, "the parent's source snapshot %s is gone from the volume" % source_snap
+        identity = cluster.snapshot_identity(src_client, src_img, source_snap)
+        if not rbd_target.same_identity(record["source"].get("identity"), identity):
+            return None, "the volume image is not the one the parent backed up"
+        return record, None
+
+    def _transfer(self, job, options, src_client, src_img, src_snap, dst_client, dst_ctx,
+                  parent_and_reason):
+        parent, full_reason = parent_and_reason
+        dest_snap = (src_snap if job.snapshot_name is None
+                     else naming.backup_snapshot(job.backup_id))
+        identity_to = cluster.snapshot_identity(src_client, src_img, src_snap)
+        plan = engine.Plan(to_snap=src_snap, size=src_img.size(), identity_to=identity_to,
+                           dest_to_snap=dest_snap)
+        if parent is not None:
+            plan.from_snap = parent["source"]["snapshot"]
+            plan.dest_from_snap = parent["target"]["snapshot"]
+            plan.identity_from = parent["source"]["identity"]
+            image = parent["target"]["image"]
+        else:
+            image = naming.chain_image(job.volume_id, job.backup_id)
+            self._recreate_chain(dst_ctx, image, src_img)
+        try:
+            stats, snap_id, verification = self._write_chain(
+                job, options, src_img, dst_ctx, image, plan, fresh=parent is None)
+        except engine.StateError as exc:
+            if parent is None:
+                raise
+            # The chain is not in the state its lineage says: start a new one.
+            return self._transfer(job, options, src_client, src_img, src_snap, dst_client,
+                                  dst_ctx, (None, "the parent's chain image is damaged: %s"
+                                            % exc))
+        record = lineage.build(
+            backup_id=job.backup_id, volume_id=job.volume_id, pool=self.target.pool,
+            image=image, snapshot=dest_snap, snap_id=snap_id,
+            method="rbd-diff" if parent else "rbd-full", target_fsid=dst_client.get_fsid(),
+            source={"pool": job.source_pool, "image": job.source_image, "snapshot": src_snap,
+                    "identity": identity_to, "cinder_snapshot": job.snapshot_name},
+            parent=({"backup_id": job.parent_id, "snapshot": parent["target"]["snapshot"]}
+                    if parent else None),
+            full_reason=full_reason, size=plan.size, stats=stats.as_dict(),
+            verification=verification)
+        with cluster.image(dst_ctx, image) as chain:
+            self.target.save_lineage(chain, record, job.volume_metadata)
+        return record
+
+    def _recreate_chain(self, dst_ctx, image, src_img):
+        """Create the chain image of a full backup (a leftover of an earlier,
+        interrupted attempt at this same backup is removed first: its name
+        carries this backup's id, so nothing else can use it)."""
+        try:
+            self.target.delete_image(dst_ctx, image)
+        except rbd.ImageNotFound:
+            pass
+        self.target.create_chain(dst_ctx, image, src_img.size(), src_img.stat()["order"])
+
+    def _write_chain(self, job, options, src_img, dst_ctx, image, plan, fresh):
+        def progress(done, total):
+            job.progress.update(done=done, total=total)
+
+        with cluster.image(dst_ctx, image) as chain:
+            sink = self.target.sink(chain, fresh, options)
+            stats = engine.transfer(src_img, sink, plan, options, progress)
+            snap_id = sink.snap_id
+        verification = self._verify(src_img, dst_ctx, image, plan.dest_to, options)
+        LOG.info("backup %s: %s changed, %s sent in %.1f s; verification: %s", job.backup_id,
+                 stats.changed_bytes, stats.data_bytes, stats.seconds, verification)
+        return stats, snap_id, verification
+
+    def _verify(self, src_img, dst_ctx, image, snap, options):
+        mode = self.options.verify
+        if mode == "none":
+            return {"mode": "none"}
+        sample = self.options.verify_sample_objects if mode == "sample" else None
+        with cluster.image(dst_ctx, image, snapshot=snap, read_only=True) as written:
+            offset = engine.first_difference(src_img, written, options, sample=sample)
+        if offset is not None:
+            raise exception.BackupDriverException(
+                reason="verification failed: %s@%s differs from the source at offset %d"
+                       % (image, snap, offset))
+        return {"mode": mode, "result": "identical"}
+
+    @staticmethod
+    def _prune_source_snapshots(src_ctx, job, keep):
+        """Keep only the newest backup snapshot on the volume (the next parent)."""
+        with cluster.image(src_ctx, job.source_image) as img:
+            for name in rbd_target.snapshot_names(img):
+                if name != keep and naming.parse_backup_snapshot(name):
+                    LOG.info("removing old backup snapshot %s@%s", job.source_image, name)
+                    img.remove_snap(name)
+
+    @contextlib.contextmanager
+    def _progress_notifications(self, backup, progress):
+        """Send backup.createprogress notifications while the transfer runs."""
+        def notify():
+            total = progress["total"]
+            if total:
+                percent = round(100.0 * progress["done"] / total, 1)
+                volume_utils.notify_about_backup_usage(
+                    self.context, backup, "createprogress",
+                    extra_usage_info={"backup_percent": percent})
+                LOG.info("backup %s: %.1f%% of %d bytes", backup.id, percent, total)
+
+        timer = loopingcall.FixedIntervalLoopingCall(notify)
+        timer.start(interval=PROGRESS_INTERVAL, initial_delay=PROGRESS_INTERVAL)
+        try:
+            yield
+        finally:
+            timer.stop()
+        if progress["total"]:
+            progress["done"] = progress["total"]
+            notify()
+
+    # -- restore ---------------------------------------------------------------
+
+    def restore(self, backup, volume_id, volume_file, volume_is_new):
+        location = self._location(backup)
+        volume = objects.Volume.get_by_id(self.context, volume_id)
+        original = objects.Volume.get_by_id(self.context, backup.volume_id) \
+            if volume_id == backup.volume_id else None
+        if hasattr(volume_file, "rbd_image"):
+            run_native(self._restore_rbd, location, backup.id, volume, volume_file,
+                       volume_is_new, original is not None)
+        else:
+            run_native(self._restore_stream, location, volume_file, volume.size << 30,
+                       volume_is_new)
+        metadata = run_native(self._volume_metadata, location, backup.id)
+        if metadata:
+            self.put_metadata(volume_id, metadata)
+
+    def _location(self, backup):
+        try:
+            pool, image, snap = lineage.parse_compact(backup.service_metadata)
+        except lineage.InvalidLineage as exc:
+            raise exception.InvalidBackup(reason=str(exc)) from None
+        if pool != self.target.pool:
+            raise exception.InvalidBackup(
+                reason="backup %s lives in pool %s, not in the configured pool %s"
+                       % (backup.id, pool, self.target.pool))
+        parsed = naming.parse_chain_image(image)
+        if parsed is None or parsed[0] != backup.volume_id:
+            raise exception.InvalidBackup(
+                reason="backup %s names chain image %s, which is not a chain of its volume %s"
+                       % (backup.id, image, backup.volume_id))
+        return pool, image, snap
+
+    def _restore_rbd(self, location, backup_id, volume, volume_file, volume_is_new,
+                     to_original):
+        _pool, image, snap = location
+        options = self.engine_options()
+        spec = self.source_spec(volume_file)
+        with self.target.connect() as (_client, dst_ctx), \
+                cluster.image(dst_ctx, image, snapshot=snap, read_only=True) as backup_img, \
+                cluster.cluster(spec) as vol_client, \
+                cluster.ioctx(vol_client, volume_file.rbd_pool) as vol_ctx, \
+                cluster.image(vol_ctx, volume.name) as dest:
+            record = self.target.load_lineage(backup_img, backup_id) or {}
+            size = max(dest.size(), backup_img.size())
+            plan = engine.Plan(to_snap=None, size=size)
+            extents = None
+            if to_original:
+                extents = self._changed_since_backup(vol_client, dest, record, backup_img)
+            if extents is None and not volume_is_new:
+                extents = engine.allocated_chunks([backup_img, dest], options.chunk_size)
+            if extents is not None:
+                extents = _beyond_size_as_zero(extents, backup_img.size())
+            sink = rbd_target.ImageSink(dest, fresh=volume_is_new and extents is None,
+                                        force=True,
+                                        max_in_flight_ops=options.max_in_flight_ops,
+                                        max_in_flight_bytes=options.max_in_flight_bytes)
+            stats = engine.transfer(backup_img, sink, plan, options, extents=extents)
+        LOG.info("restore of backup %s to volume %s: %d bytes read, %d written in %.1f s",
+                 backup_id, volume.id, stats.changed_bytes, stats.data_bytes, stats.seconds)
+
+    @staticmethod
+    def _changed_since_backup(vol_client, dest, record, backup_img):
+        """Extents to rewrite for an in-place restore, or None if not possible.
+
+        Possible when the volume still holds the source snapshot of the backup
+        (same identity): then only what changed since needs rewriting.
+        """
+        source = record.get("source") or {}
+        snap = source.get("snapshot")
+        if not snap or snap not in rbd_target.snapshot_names(dest):
+            return None
+        identity = cluster.snapshot_identity(vol_client, dest, snap)
+        if identity != source.get("identity"):
+            return None
+        LOG.info("in-place restore: rewriting only what changed since %s", snap)
+        return engine.changed_extents(dest, snap)
+
+    def _restore_stream(self, location, volume_file, volume_size, volume_is_new):
+        _pool, image, snap = location
+        options = self.engine_options()
+        with self.target.connect() as (_client, dst_ctx), \
+                cluster.image(dst_ctx, image, snapshot=snap, read_only=True) as backup_img:
+            sink = FileObjectSink(volume_file, fresh=volume_is_new)
+            size = backup_img.size()
+            extents = None if volume_is_new else [(0, size, True)]
+            engine.transfer(backup_img, sink, engine.Plan(to_snap=None, size=size), options,
+                            extents=extents)
+            if not volume_is_new and volume_size > size:
+                sink.zero(size, volume_size - size)
+
+    def _volume_metadata(self, location, backup_id):
+        _pool, image, _snap = location
+        with self.target.connect() as (_client, dst_ctx), \
+                cluster.image(dst_ctx, image, read_only=True) as chain:
+            return self.target.load_volume_metadata(chain, backup_id)
+
+    # -- delete --------------------------------------------------------------------
+
+    def delete_backup(self, backup):
+        try:
+            location = lineage.parse_compact(backup.service_metadata)
+        except lineage.InvalidLineage as exc:
+            LOG.warning("backup %s: %s; nothing to delete on the backup cluster", backup.id, exc)
+            return
+        record = run_native(self._delete_chain_snapshot, location, backup.id)
+        if record:
+            run_native(self._delete_source_snapshot, record)
+
+    def _delete_chain_snapshot(self, location, backup_id):
+        _pool, image, snap = location
+        with self.target.connect() as (_client, dst_ctx):
+            record = None
+            with contextlib.suppress(cluster.ClusterError), \
+                    cluster.image(dst_ctx, image, read_only=True) as chain:
+                record = self.target.load_lineage(chain, backup_id)
+            self.target.delete_backup(dst_ctx, image, snap, backup_id)
+        return record
+
+    def _delete_source_snapshot(self, record):
+        """Remove the backup's snapshot on the volume, if it is still there."""
+        source = record["source"]
+        snap = source.get("snapshot")
+        if not naming.parse_backup_snapshot(snap):
+            return  # a Cinder snapshot that was backed up: the user's, not ours
+        try:
+            with cluster.open_image(self.source_spec(), source["pool"], source["image"]) as img:
+                if snap in rbd_target.snapshot_names(img):
+                    img.remove_snap(snap)
+        except (cluster.ClusterError, rbd.Error) as exc:
+            LOG.warning("could not remove source snapshot %s of %s: %s", snap,
+                        source.get("image"), exc)
+
+    # -- export / import -----------------------------------------------------------
+
+    def export_record(self, backup):
+        location = self._location(backup)
+        record = run_native(self._read_lineage, location, backup.id)
+        return {"lineage": record}
+
+    def import_record(self, backup, driver_info):
+        try:
+            record = lineage.parse(driver_info.get("lineage"))
+        except (lineage.InvalidLineage, AttributeError) as exc:
+            raise exception.InvalidBackup(reason="backup record: %s" % exc) from None
+        target = record["target"]
+        if target["pool"] != self.target.pool:
+            raise exception.InvalidBackup(
+                reason="backup record names pool %s, not the configured %s"
+                       % (target["pool"], self.target.pool))
+        if naming.parse_chain_image(target["image"])[0] != record["volume_id"]:
+            raise exception.InvalidBackup(reason="backup record names another volume's chain")
+        stored = run_native(self._read_lineage, (target["pool"], target["image"],
+                                                 target["snapshot"]), record["backup_id"])
+        if stored != record:
+            raise exception.InvalidBackup(
+                reason="backup record does not match the lineage stored with %s@%s"
+                       % (target["image"], target["snapshot"]))
+        backup.service_metadata = lineage.compact(record)
+        backup.container = target["pool"]
+        backup.save()
+
+    def _read_lineage(self, location, backup_id):
+        _pool, image, snap = location
+        try:
+            with self.target.connect() as (_client, dst_ctx), \
+                    cluster.image(dst_ctx, image, read_only=True) as chain:
+                if snap not in rbd_target.snapshot_names(chain):
+                    raise exception.InvalidBackup(reason="snapshot %s@%s does not exist"
+                                                  % (image, snap))
+                record = self.target.load_lineage(chain, backup_id)
+        except cluster.ClusterError as exc:
+            raise exception.InvalidBackup(reason=str(exc)) from None
+        if record is None:
+            raise exception.InvalidBackup(reason="no lineage for backup %s in %s"
+                                          % (backup_id, image))
+        return record
+
+
+class FileObjectSink(engine.Sink):
+    """Write a transfer into a seekable file object (a non-RBD volume)."""
+
+    ZERO_PIECE = 1 << 20
+
+    def __init__(self, volume_file, fresh):
+        self.file = volume_file
+        self.fresh = fresh
+
+    def begin(self, plan):
+        pass
+
+    def write(self, offset, data):
+        self.file.seek(offset)
+        self.file.write(bytes(data))
+
+    def zero(self, offset, length):
+        if self.fresh:
+            return
+        self.file.seek(offset)
+        zeros = bytes(min(length, self.ZERO_PIECE))
+        while length > 0:
+            self.file.write(zeros[:length])
+            length -= len(zeros)
+
+    def commit(self):
+        self.file.flush()
+
+    def abort(self):
+        pass
+
+
+def _beyond_size_as_zero(extents, size):
+    """Clip extents at ``size``; what lies beyond reads as zero (exists=False)."""
+    clipped = []
+    for offset, length, exists in extents:
+        end = offset + length
+        if offset < size:
+            clipped.append((offset, min(end, size) - offset, exists))
+        if end > size:
+            start = max(offset, size)
+            clipped.append((start, end - start, False))
+    return clipped

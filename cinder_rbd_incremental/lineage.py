@@ -1,0 +1,123 @@
+"""The lineage of a backup: versioned schema, build, parse, validate.
+
+A lineage says exactly where a backup's data is and which state of which
+volume it reproduces. It is stored in three places:
+
+* in full, as metadata of the chain image on the backup cluster
+  (``rbd_incremental.backup.<backup_id>``), next to the data it describes;
+* in full, as ``driver_info`` of an exported backup record;
+* compact, in the backup's ``service_metadata``: Cinder stores that column
+  as VARCHAR(255), too small for the full record, so it holds what restore
+  and delete need to find the rest (``schema``, ``v``, ``pool``, ``image``,
+  ``snap``).
+"""
+
+import json
+
+from cinder_rbd_incremental import naming
+
+SCHEMA = "rbd-incremental"
+VERSION = 1
+SERVICE_METADATA_LIMIT = 255
+METHODS = ("rbd-full", "rbd-diff", "stream-full", "stream-checksum")
+
+
+class InvalidLineage(ValueError):
+    """A lineage that is malformed or names something it must not."""
+
+
+def build(*, backup_id, volume_id, pool, image, snapshot, snap_id, method, source,
+          parent=None, full_reason=None, size=0, stats=None, verification=None,
+          target_fsid=None, target="rbd"):
+    """Return a full lineage dict (validated)."""
+    record = {
+        "schema": SCHEMA, "v": VERSION, "backup_id": backup_id, "volume_id": volume_id,
+        "target": {"name": target, "fsid": target_fsid, "pool": pool, "image": image,
+                   "snapshot": snapshot, "snap_id": snap_id},
+        "method": method, "source": source, "parent": parent, "full_reason": full_reason,
+        "size": size, "stats": stats or {}, "verification": verification,
+    }
+    validate(record)
+    return record
+
+
+def compact(record):
+    """The part of ``record`` kept in ``service_metadata`` (at most 255 chars)."""
+    target = record["target"]
+    text = json.dumps({"schema": SCHEMA, "v": VERSION, "pool": target["pool"],
+                       "image": target["image"], "snap": target["snapshot"]},
+                      separators=(",", ":"))
+    if len(text) > SERVICE_METADATA_LIMIT:
+        raise InvalidLineage("service metadata would exceed %d characters"
+                             % SERVICE_METADATA_LIMIT)
+    return text
+
+
+def parse_compact(text):
+    """Parse ``service_metadata``; return ``(pool, image, snap)``."""
+    try:
+        data = json.loads(text or "")
+    except ValueError:
+        raise InvalidLineage("service metadata is not JSON") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise InvalidLineage("service metadata was not written by this driver")
+    if data.get("v") != VERSION:
+        raise InvalidLineage("unsupported lineage version %r" % data.get("v"))
+    try:
+        return (naming.check_name(data["pool"], "pool"), _check_image(data["image"]),
+                _check_snap(data["snap"]))
+    except (KeyError, naming.InvalidName) as exc:
+        raise InvalidLineage("service metadata: %s" % exc) from None
+
+
+def parse(text_or_dict):
+    """Parse and validate a full lineage (JSON text or dict)."""
+    record = text_or_dict
+    if not isinstance(record, dict):
+        try:
+            record = json.loads(text_or_dict)
+        except (TypeError, ValueError):
+            raise InvalidLineage("lineage is not JSON") from None
+    validate(record)
+    return record
+
+
+def validate(record):
+    """Raise InvalidLineage unless ``record`` is a well-formed lineage."""
+    try:
+        if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+            raise InvalidLineage("not a lineage of this driver")
+        if record.get("v") != VERSION:
+            raise InvalidLineage("unsupported lineage version %r" % record.get("v"))
+        naming.check_uuid(record["backup_id"], "backup_id")
+        naming.check_uuid(record["volume_id"], "volume_id")
+        target = record["target"]
+        naming.check_name(target["pool"], "target pool")
+        _check_image(target["image"])
+        _check_snap(target["snapshot"])
+        if record["method"] not in METHODS:
+            raise InvalidLineage("unknown method %r" % record["method"])
+        if not isinstance(record["source"], dict):
+            raise InvalidLineage("source must be an object")
+        parent = record.get("parent")
+        if parent is not None:
+            naming.check_uuid(parent["backup_id"], "parent backup_id")
+            _check_snap(parent["snapshot"])
+        if not isinstance(record["size"], int) or record["size"] < 0:
+            raise InvalidLineage("size must be a non-negative integer")
+    except (KeyError, TypeError) as exc:
+        raise InvalidLineage("lineage lacks or mistypes %s" % exc) from None
+    except naming.InvalidName as exc:
+        raise InvalidLineage(str(exc)) from None
+
+
+def _check_image(name):
+    if naming.parse_chain_image(name) is None:
+        raise InvalidLineage("image %r is not a chain image name" % (name,))
+    return name
+
+
+def _check_snap(name):
+    if naming.parse_backup_snapshot(name) is None:
+        raise InvalidLineage("snapshot %r is not a backup snapshot name" % (name,))
+    return name

@@ -1,0 +1,74 @@
+"""Configuration options of the backup driver (group ``[backup_rbd_incremental]``).
+
+``list_opts`` is registered under the ``oslo.config.opts`` entry point, so
+``oslo-config-generator --namespace cinder_rbd_incremental`` documents them.
+"""
+
+from oslo_config import cfg
+
+GROUP = "backup_rbd_incremental"
+
+backup_cluster_opts = [
+    cfg.StrOpt("target", default="rbd",
+               help="Where backups land: a plugin of the cinder_rbd_incremental.targets "
+                    "namespace. 'rbd': a chain image per volume in a pool on the backup "
+                    "cluster; 'file': a directory of RBD diff files."),
+    cfg.StrOpt("backup_ceph_conf", default="/etc/ceph/backup-cluster.conf",
+               help="ceph.conf of the backup (second) cluster."),
+    cfg.StrOpt("backup_ceph_user", default="cinder-backup",
+               help="cephx user on the backup cluster, without 'client.'; needs "
+                    "'profile rbd pool=<backup_ceph_pool>'."),
+    cfg.StrOpt("backup_ceph_keyring",
+               help="Keyring of backup_ceph_user (default: the one backup_ceph_conf names)."),
+    cfg.StrOpt("backup_ceph_pool", default="backups",
+               help="Pool on the backup cluster that holds the chain images."),
+    cfg.StrOpt("file_target_dir", default="/var/lib/cinder/backup-diffs",
+               help="Directory of diff files for target = file (e.g. an NFS mount)."),
+]
+
+source_cluster_opts = [
+    cfg.StrOpt("source_ceph_conf", default="/etc/ceph/ceph.conf",
+               help="ceph.conf of the cluster holding the volumes. Backups and restores "
+                    "use the connection os-brick hands over; this one is used where "
+                    "there is none (deleting source snapshots when a backup is deleted)."),
+    cfg.StrOpt("source_ceph_user", default="cinder",
+               help="cephx user on the volume cluster, without 'client.'."),
+    cfg.StrOpt("source_ceph_keyring", help="Keyring of source_ceph_user."),
+]
+
+engine_opts = [
+    cfg.IntOpt("zero_granularity", default=4096, min=512,
+               help="Block size in bytes at which runs of zeros are detected and not sent."),
+    cfg.IntOpt("max_in_flight_ops", default=32, min=1,
+               help="Concurrent librbd requests per direction."),
+    cfg.IntOpt("max_in_flight_mib", default=64, min=4,
+               help="Bytes in flight per direction, in MiB: bounds memory per backup."),
+    cfg.BoolOpt("whole_object", default=False,
+                help="Diff whole objects (fast with the fast-diff feature, coarser)."),
+    cfg.IntOpt("connect_timeout", default=30, min=1,
+               help="Seconds to wait for a cluster connection before failing."),
+    cfg.IntOpt("op_timeout", default=120, min=1,
+               help="Seconds before a single RADOS operation fails (a stopped OSD or a "
+                    "full cluster makes a backup fail instead of hanging)."),
+    cfg.StrOpt("verify", default="sample", choices=[
+        ("none", "no verification"),
+        ("sample", "compare a random sample of objects with the source snapshot"),
+        ("full", "compare every allocated object with the source snapshot")],
+        help="Read back and compare each backup after it is written."),
+    cfg.IntOpt("verify_sample_objects", default=16, min=1,
+               help="Objects compared by verify = sample."),
+    cfg.IntOpt("file_chunk_mib", default=4, min=1,
+               help="Chunk size of non-RBD volumes, in MiB: the unit of change detection "
+                    "by checksum."),
+]
+
+ALL_OPTS = backup_cluster_opts + source_cluster_opts + engine_opts
+
+
+def register_opts(conf):
+    conf.register_opts(ALL_OPTS, group=GROUP)
+
+
+def list_opts():
+    """Entry point for oslo-config-generator."""
+    return [(GROUP, ALL_OPTS)]
