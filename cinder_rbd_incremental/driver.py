@@ -27,6 +27,7 @@ database access stays in the calling green thread.
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 
 import rbd
@@ -40,7 +41,7 @@ from oslo_config import cfg
 from oslo_service import loopingcall
 from stevedore import driver as stevedore_driver
 
-from cinder_rbd_incremental import cluster, engine, lineage, naming, opts
+from cinder_rbd_incremental import cluster, diffstream, engine, lineage, naming, opts
 from cinder_rbd_incremental.targets import rbd as rbd_target
 
 LOG = logging.getLogger(__name__)
@@ -120,13 +121,12 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     def backup(self, backup, volume_file, backup_metadata=False):
         volume = objects.Volume.get_by_id(self.context, backup.volume_id)
-        if not hasattr(volume_file, "rbd_image"):
-            raise exception.BackupDriverException(
-                reason="volume %s is not an RBD volume; this driver backs up RBD volumes"
-                       % volume.id)
         job = self._backup_job(backup, volume, volume_file)
         with self._progress_notifications(backup, job.progress):
-            record = run_native(self._backup_rbd, job)
+            if hasattr(volume_file, "rbd_image"):
+                record = run_native(self._backup_rbd, job)
+            else:
+                record = run_native(self._backup_stream, job, volume_file)
         return self._finish_backup(backup, volume, record)
 
     def _backup_job(self, backup, volume, volume_file):
@@ -138,7 +138,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             parent_location = self._parent_location(backup.parent)
         return BackupJob(
             backup_id=backup.id, volume_id=volume.id, source_spec=self.source_spec(volume_file),
-            source_pool=volume_file.rbd_pool, source_image=volume.name,
+            source_pool=getattr(volume_file, "rbd_pool", None), source_image=volume.name,
             size=volume.size << 30, snapshot_name=snapshot_name, parent_id=backup.parent_id,
             parent_location=parent_location, volume_metadata=self.get_metadata(volume.id))
 
@@ -224,7 +224,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             image = parent["target"]["image"]
         else:
             image = naming.chain_image(job.volume_id, job.backup_id)
-            self._recreate_chain(dst_ctx, image, src_img)
+            self._recreate_chain(dst_ctx, image, src_img.size(), src_img.stat()["order"])
         try:
             stats, snap_id, verification = self._write_chain(
                 job, options, src_img, dst_ctx, image, plan, fresh=parent is None)
@@ -249,7 +249,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             self.target.save_lineage(chain, record, job.volume_metadata)
         return record
 
-    def _recreate_chain(self, dst_ctx, image, src_img):
+    def _recreate_chain(self, dst_ctx, image, size, order):
         """Create the chain image of a full backup (a leftover of an earlier,
         interrupted attempt at this same backup is removed first: its name
         carries this backup's id, so nothing else can use it)."""
@@ -257,7 +257,66 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             self.target.delete_image(dst_ctx, image)
         except rbd.ImageNotFound:
             pass
-        self.target.create_chain(dst_ctx, image, src_img.size(), src_img.stat()["order"])
+        self.target.create_chain(dst_ctx, image, size, order)
+
+    def _backup_stream(self, job, volume_file):
+        """Back up a non-RBD volume (a plain file object), in a native thread.
+
+        Full: every chunk streamed into a new chain image, zero runs skipped.
+        Incremental: every chunk is read and hashed, only chunks whose sha256
+        differs from the parent's are sent.
+        """
+        options = self.engine_options()
+        chunk = self.options.file_chunk_mib << 20
+        with self.target.connect() as (dst_client, dst_ctx):
+            parent, full_reason, parent_digests = self._usable_stream_parent(job, dst_ctx)
+            snap = naming.backup_snapshot(job.backup_id)
+            plan = engine.Plan(to_snap=snap, size=job.size)
+            if parent:
+                image = parent["target"]["image"]
+                plan.dest_from_snap = parent["target"]["snapshot"]
+            else:
+                image = naming.chain_image(job.volume_id, job.backup_id)
+                self._recreate_chain(dst_ctx, image, job.size, 22)
+            digests = []
+            records = _changed_chunks(engine.file_chunks(volume_file, job.size, chunk),
+                                      chunk, digests, parent_digests)
+            with cluster.image(dst_ctx, image) as chain:
+                sink = self.target.sink(chain, parent is None, options)
+                stats = engine.apply_records(records, sink, plan, options.zero_granularity,
+                                             lambda done, total: job.progress.update(
+                                                 done=done, total=total))
+                snap_id = sink.snap_id
+            self.target.save_digests(dst_ctx, job.backup_id, b"".join(digests))
+            record = lineage.build(
+                backup_id=job.backup_id, volume_id=job.volume_id, pool=self.target.pool,
+                image=image, snapshot=snap, snap_id=snap_id,
+                method="stream-checksum" if parent else "stream-full",
+                target_fsid=dst_client.get_fsid(), source={"kind": "file", "chunk": chunk},
+                parent=({"backup_id": job.parent_id, "snapshot": parent["target"]["snapshot"]}
+                        if parent else None),
+                full_reason=full_reason, size=job.size, stats=stats.as_dict())
+            with cluster.image(dst_ctx, image) as chain:
+                self.target.save_lineage(chain, record, job.volume_metadata)
+        return record
+
+    def _usable_stream_parent(self, job, dst_ctx):
+        """(parent lineage, reason for a full, parent's chunk digests)."""
+        if not job.parent_id:
+            return None, None, None
+        if job.parent_location is None:
+            return None, "the parent backup has no lineage of this driver", None
+        _pool, image, _snap = job.parent_location
+        try:
+            with cluster.image(dst_ctx, image, read_only=True) as chain:
+                record = self.target.load_lineage(chain, job.parent_id)
+        except cluster.ClusterError:
+            return None, "the parent's chain image %s is gone" % image, None
+        digests = self.target.load_digests(dst_ctx, job.parent_id)
+        if (record is None or not record["method"].startswith("stream-") or digests is None
+                or record["source"].get("chunk") != self.options.file_chunk_mib << 20):
+            return None, "the parent has no chunk checksums to compare with", None
+        return record, None, digests
 
     def _write_chain(self, job, options, src_img, dst_ctx, image, plan, fresh):
         def progress(done, total):
@@ -525,6 +584,20 @@ class FileObjectSink(engine.Sink):
 
     def abort(self):
         pass
+
+
+def _changed_chunks(chunks, chunk_size, digests, parent_digests):
+    """Diff records for the chunks whose sha256 differs from the parent's.
+
+    Appends every chunk's digest to ``digests`` (the next backup's parent).
+    """
+    for offset, data in chunks:
+        digest = hashlib.sha256(data).digest()
+        digests.append(digest)
+        index = offset // chunk_size * len(digest)
+        if parent_digests and parent_digests[index:index + len(digest)] == digest:
+            continue
+        yield diffstream.DataRecord(offset, data)
 
 
 def _beyond_size_as_zero(extents, size):

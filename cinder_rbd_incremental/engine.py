@@ -420,6 +420,18 @@ def apply_records(records, sink, plan, granularity=DEFAULT_GRANULARITY, progress
     return stats
 
 
+def file_chunks(volume_file, size, chunk_size):
+    """Yield ``(offset, data)`` reading a file object sequentially up to ``size``."""
+    offset = 0
+    volume_file.seek(0)
+    while offset < size:
+        data = volume_file.read(min(chunk_size, size - offset))
+        if not data:
+            raise TransferError("volume file ended at offset %d of %d" % (offset, size))
+        yield offset, data
+        offset += len(data)
+
+
 def allocated_chunks(images, chunk_size):
     """Chunks (offset, length, True) where any of ``images`` holds data, ascending."""
     size = max(img.size() for img in images)

@@ -185,6 +185,10 @@ def volume_meta_key(backup_id):
     return META_PREFIX + "volmeta." + backup_id
 
 
+def digests_object(backup_id):
+    return META_PREFIX + "digests." + backup_id
+
+
 class RBDTarget:
     """The ``rbd`` backup target: one chain image per chain of backups.
 
@@ -263,11 +267,27 @@ class RBDTarget:
         except KeyError:
             return None
 
+    @staticmethod
+    def save_digests(ctx, backup_id, digests):
+        """Chunk checksums of a non-RBD volume's backup (a RADOS object in the pool)."""
+        ctx.write_full(digests_object(backup_id), digests)
+
+    @staticmethod
+    def load_digests(ctx, backup_id):
+        name = digests_object(backup_id)
+        try:
+            size, _mtime = ctx.stat(name)
+            return ctx.read(name, size) if size else b""
+        except rados.ObjectNotFound:
+            return None
+
     def delete_backup(self, ctx, image_name, snap_name, backup_id):
         """Remove a backup's snapshot and records; the image once no snapshot is left.
 
         Idempotent: pieces already gone are logged, not errors.
         """
+        with contextlib.suppress(rados.ObjectNotFound):
+            ctx.remove_object(digests_object(backup_id))
         try:
             img = rbd.Image(ctx, image_name)
         except rbd.ImageNotFound:

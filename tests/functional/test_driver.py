@@ -199,6 +199,36 @@ class DriverTestCase(unittest.TestCase):
                 digest.update(block)
         self.assertEqual(self.checksum(volume), digest.hexdigest())
 
+    def test_non_rbd_source_full_then_checksum_incremental(self):
+        volume = self.new_volume()
+        path = os.path.join(self.env.tmpdir, "volume-%s.img" % volume.id)
+        self.addCleanup(os.unlink, path)
+        backups, sums = [], []
+        with open(path, "w+b") as volume_file:
+            volume_file.truncate(GiB)
+            for round_ in range(2):
+                for _ in range(6):
+                    volume_file.seek(self.rng.randrange(0, GiB - 65536) & ~4095)
+                    volume_file.write(self.rng.randbytes(65536))
+                volume_file.flush()
+                backup = self.env.create_backup(volume, backups[-1] if backups else None, None)
+                self.addCleanup(self.env.delete_backup_quietly, self.driver, backup)
+                updates = self.driver.backup(backup, volume_file)
+                self.env.finish_backup(backup, updates)
+                backups.append(backup)
+                volume_file.seek(0)
+                digest = hashlib.sha256()
+                for block in iter(lambda: volume_file.read(4 << 20), b""):
+                    digest.update(block)
+                sums.append(digest.hexdigest())
+        second = self.driver.export_record(backups[1])["lineage"]
+        self.assertEqual("stream-checksum", second["method"])
+        self.assertLess(second["stats"]["data_bytes"], 32 << 20, "only changed chunks sent")
+        for backup, expected in zip(backups, sums, strict=True):
+            target = self.new_volume()
+            self.restore(backup, target, volume_is_new=True)
+            self.assertEqual(expected, self.checksum(target))
+
     def test_check_for_setup_error(self):
         self.driver.check_for_setup_error()
         broken = self.env.driver(backup_ceph_pool="no-such-pool")
