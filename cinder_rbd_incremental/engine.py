@@ -200,17 +200,17 @@ def zero_runs(data, granularity=DEFAULT_GRANULARITY):
         yield run_start, size - run_start, run_zero
 
 
-def feed(sink, offset, data, granularity):
-    """Hand ``data`` at ``offset`` to ``sink`` as data and zero runs."""
-    view = memoryview(data)
-    for start, length, is_zero in zero_runs(data, granularity):
-        if is_zero:
-            sink.zero(offset + start, length)
-        else:
-            sink.write(offset + start, view[start:start + length])
+class _BoundedAio:
+    """Shared state of a bounded set of aio requests on one image."""
+
+    def __init__(self, image, max_ops, max_bytes):
+        self._image = image
+        self._max_ops = max_ops
+        self._max_bytes = max_bytes
+        self._cond = threading.Condition()
 
 
-class AioReader:
+class AioReader(_BoundedAio):
     """Read chunks of an image with bounded parallelism, in order.
 
     ``read(chunks)`` takes ``(offset, length, exists)`` tuples and yields
@@ -219,12 +219,6 @@ class AioReader:
     are in flight; results come back in submission order so a stream sink
     sees ascending offsets.
     """
-
-    def __init__(self, image, max_ops, max_bytes):
-        self._image = image
-        self._max_ops = max_ops
-        self._max_bytes = max_bytes
-        self._cond = threading.Condition()
 
     def read(self, chunks):
         pending = collections.deque()
@@ -268,7 +262,7 @@ class AioReader:
         return tuple(slot[:4])
 
 
-class AioWriter:
+class AioWriter(_BoundedAio):
     """Bounded parallel ``aio_write`` / ``aio_write_zeroes`` to an image.
 
     ``write`` and ``zero`` block only while the in-flight limits are reached.
@@ -278,10 +272,7 @@ class AioWriter:
     """
 
     def __init__(self, image, max_ops, max_bytes):
-        self._image = image
-        self._max_ops = max_ops
-        self._max_bytes = max_bytes
-        self._cond = threading.Condition()
+        super().__init__(image, max_ops, max_bytes)
         self._ops = 0
         self._bytes = 0
         self._error = None
