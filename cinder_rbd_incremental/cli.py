@@ -148,9 +148,12 @@ def cluster_spec(args, prefix=""):
 
 
 def engine_options(args):
-    return engine.TransferOptions(zero_granularity=args.zero_granularity,
-                                  max_in_flight_ops=args.max_in_flight,
-                                  whole_object=args.whole_object)
+    try:
+        return engine.TransferOptions(zero_granularity=args.zero_granularity,
+                                      max_in_flight_ops=args.max_in_flight,
+                                      whole_object=args.whole_object)
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
 
 
 @contextlib.contextmanager

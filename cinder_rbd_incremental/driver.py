@@ -9,8 +9,9 @@ backup. A full backup starts a new chain; an incremental applies the diff
 between the parent's source snapshot and a new one to the parent's chain.
 Only the newest backup snapshot is kept on the volume. When an incremental
 is impossible (the parent's source snapshot is gone, the volume image was
-replaced, the chain was damaged), the backup silently becomes a full one in
-a new chain, the reason is recorded and the user gets a Cinder message.
+replaced, the chain was damaged), the backup becomes a full one in a new
+chain instead of failing: the reason is logged and recorded in the lineage,
+and the user gets a Cinder message, as with the stock Ceph driver.
 
 In-use volumes: Cinder's RBD volume driver hands the live image only to
 backup drivers whose class path contains ``backup.drivers.ceph``; every other
@@ -95,8 +96,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     def check_for_setup_error(self):
         try:
+            self.engine_options()
+            lineage.check_pool_fits(self.target.pool)
             self.target.check_setup()
-        except cluster.ClusterError as exc:
+        except (cluster.ClusterError, lineage.InvalidLineage, ValueError) as exc:
             raise exception.BackupDriverException(reason=str(exc)) from None
 
     def engine_options(self):
@@ -326,7 +329,12 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             sink = self.target.sink(chain, fresh, options)
             stats = engine.transfer(src_img, sink, plan, options, progress)
             snap_id = sink.snap_id
-        verification = self._verify(src_img, dst_ctx, image, plan.dest_to, options)
+        try:
+            verification = self._verify(src_img, dst_ctx, image, plan.dest_to, options)
+        except exception.BackupDriverException:
+            # never leave a restore point that does not match its source
+            self.target.delete_backup(dst_ctx, image, plan.dest_to, job.backup_id)
+            raise
         LOG.info("backup %s: %s changed, %s sent in %.1f s; verification: %s", job.backup_id,
                  stats.changed_bytes, stats.data_bytes, stats.seconds, verification)
         return stats, snap_id, verification
@@ -451,7 +459,9 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         if identity != source.get("identity"):
             return None
         LOG.info("in-place restore: rewriting only what changed since %s", snap)
-        return engine.changed_extents(dest, snap)
+        # Discarded extents too must be read back from the backup: exists=True.
+        return [(offset, length, True) for offset, length, _exists
+                in engine.changed_extents(dest, snap)]
 
     def _restore_stream(self, location, volume_file, volume_size, volume_is_new):
         _pool, image, snap = location
@@ -478,7 +488,12 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         try:
             location = lineage.parse_compact(backup.service_metadata)
         except lineage.InvalidLineage as exc:
-            LOG.warning("backup %s: %s; nothing to delete on the backup cluster", backup.id, exc)
+            LOG.info("backup %s: %s; removing what an attempt may have left", backup.id, exc)
+            chains = [naming.chain_image(backup.volume_id, backup.id)]
+            parent = self._parent_location(backup.parent) if backup.parent_id else None
+            if parent:
+                chains.append(parent[1])
+            run_native(self._delete_attempt, chains, backup.id)
             return
         record = run_native(self._delete_chain_snapshot, location, backup.id)
         if record:
@@ -493,6 +508,11 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 record = self.target.load_lineage(chain, backup_id)
             self.target.delete_backup(dst_ctx, image, snap, backup_id)
         return record
+
+    def _delete_attempt(self, chains, backup_id):
+        with self.target.connect() as (_client, dst_ctx):
+            for image in chains:
+                self.target.delete_attempt(dst_ctx, image, backup_id)
 
     def _delete_source_snapshot(self, record):
         """Remove the backup's snapshot on the volume, if it is still there."""

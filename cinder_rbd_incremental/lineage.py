@@ -48,9 +48,18 @@ def compact(record):
                        "image": target["image"], "snap": target["snapshot"]},
                       separators=(",", ":"))
     if len(text) > SERVICE_METADATA_LIMIT:
-        raise InvalidLineage("service metadata would exceed %d characters"
-                             % SERVICE_METADATA_LIMIT)
+        raise InvalidLineage("service metadata would exceed %d characters (Cinder's column "
+                             "size): use a shorter pool name than %r"
+                             % (SERVICE_METADATA_LIMIT, target["pool"]))
     return text
+
+
+def check_pool_fits(pool):
+    """Raise InvalidLineage if backups in ``pool`` would not fit service_metadata."""
+    some_id = "00000000-0000-0000-0000-000000000000"
+    compact({"target": {"pool": naming.check_name(pool, "pool"),
+                        "image": naming.chain_image(some_id, some_id),
+                        "snapshot": naming.backup_snapshot(some_id, now=1e10 + 0.1234567)}})
 
 
 def parse_compact(text):

@@ -21,7 +21,7 @@ import logging
 import rados
 import rbd
 
-from cinder_rbd_incremental import cluster, engine
+from cinder_rbd_incremental import cluster, engine, naming
 
 LOG = logging.getLogger(__name__)
 META_PREFIX = "rbd_incremental."
@@ -266,6 +266,24 @@ class RBDTarget:
             return img.metadata_get(volume_meta_key(backup_id))
         except KeyError:
             return None
+
+    def delete_attempt(self, ctx, image_name, backup_id):
+        """Remove what an unfinished backup may have left in ``image_name``:
+        its snapshots, its records, and the image itself if the attempt
+        created it (the chain carries the backup's id) and nothing else is in it."""
+        try:
+            with rbd.Image(ctx, image_name, read_only=True) as img:
+                mine = [name for name in snapshot_names(img)
+                        if naming.parse_backup_snapshot(name) == backup_id]
+        except rbd.ImageNotFound:
+            return
+        for snap in mine:
+            self.delete_backup(ctx, image_name, snap, backup_id)
+        own_chain = (naming.parse_chain_image(image_name) or (None, None))[1] == backup_id
+        if own_chain and not mine:
+            LOG.info("removing chain image %s left by an unfinished backup", image_name)
+            with contextlib.suppress(rbd.ImageNotFound):
+                self.delete_image(ctx, image_name)
 
     @staticmethod
     def save_digests(ctx, backup_id, digests):

@@ -64,12 +64,20 @@ class CinderEnv:
         for name, value in values.items():
             self.conf.set_override(name, value, group=opts.GROUP)
 
-    def driver(self, **overrides):
-        self.set_options(**overrides)
+    @contextlib.contextmanager
+    def overridden(self, **overrides):
+        """Options changed for the duration of a block."""
+        for name, value in overrides.items():
+            self.conf.set_override(name, value, group=opts.GROUP)
         try:
-            return driver.RBDIncrementalBackupDriver(self.ctxt)
+            yield
         finally:
+            for name in overrides:
+                self.conf.clear_override(name, group=opts.GROUP)
             self.set_options()
+
+    def driver(self):
+        return driver.RBDIncrementalBackupDriver(self.ctxt)
 
     # -- Cinder objects ------------------------------------------------------------
 

@@ -82,8 +82,11 @@ class DriverTestCase(unittest.TestCase):
             self.restore(backup, target, volume_is_new=True)
             self.assertEqual(expected, self.checksum(target), "restore of %s" % backup.id)
 
-        # in place, after changes: the volume holds the newest backup's snapshot
+        # in place, after changes and a discard: the volume holds the newest
+        # backup's snapshot, so only what changed since is rewritten
         self.write(volume, count=3)
+        with self.env.volume_image(volume) as img:
+            img.discard(0, 64 << 20)
         self.restore(backups[-1], volume, volume_is_new=False)
         self.assertEqual(sums[-1], self.checksum(volume))
         # in place to an older point: full rewrite path
@@ -206,7 +209,7 @@ class DriverTestCase(unittest.TestCase):
         backups, sums = [], []
         with open(path, "w+b") as volume_file:
             volume_file.truncate(GiB)
-            for round_ in range(2):
+            for _round in range(2):
                 for _ in range(6):
                     volume_file.seek(self.rng.randrange(0, GiB - 65536) & ~4095)
                     volume_file.write(self.rng.randbytes(65536))
@@ -231,9 +234,23 @@ class DriverTestCase(unittest.TestCase):
 
     def test_check_for_setup_error(self):
         self.driver.check_for_setup_error()
-        broken = self.env.driver(backup_ceph_pool="no-such-pool")
-        with self.assertRaises(exception.BackupDriverException):
-            broken.check_for_setup_error()
+        for bad in ({"backup_ceph_pool": "no-such-pool"}, {"backup_ceph_pool": "p" * 60},
+                    {"zero_granularity": 3000}, {"backup_ceph_conf": "/nonexistent.conf"}):
+            with self.env.overridden(**bad), \
+                    self.assertRaises(exception.BackupDriverException, msg=bad):
+                self.env.driver().check_for_setup_error()
+
+    def test_delete_of_an_unfinished_backup_removes_its_leftovers(self):
+        volume = self.new_volume()
+        self.write(volume)
+        backup = self.env.create_backup(volume, None, None)
+        image = naming.chain_image(volume.id, backup.id)
+        with self.env.secondary() as ctx:
+            cluster.create_image_like(ctx, image, 1 << 30)
+        backup.status = "error"
+        backup.save()
+        self.driver.delete_backup(backup)
+        self.assertFalse(self.env.chain_exists(image))
 
 
 def image_sha256(img, chunk=4 << 20):
