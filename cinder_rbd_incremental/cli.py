@@ -48,12 +48,23 @@ def _add_cluster_args(parser, prefix="", label=""):
                         help="keyring for that user")
 
 
+def positive_int(text):
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError("%r is not a positive integer" % text)
+    return value
+
+
 def _add_engine_args(parser):
     parser.add_argument("--whole-object", action="store_true",
                         help="compare whole objects (fast with fast-diff, coarser)")
-    parser.add_argument("--zero-granularity", type=int, default=engine.DEFAULT_GRANULARITY,
+    parser.add_argument("--zero-granularity", type=positive_int, default=engine.DEFAULT_GRANULARITY,
                         metavar="BYTES", help="zero-run detection block size (default 4096)")
-    parser.add_argument("--max-in-flight", type=int, default=32, metavar="N",
+    parser.add_argument("--max-in-flight", type=positive_int, default=32, metavar="N",
                         help="concurrent librbd requests per direction (default 32)")
 
 
@@ -93,7 +104,7 @@ def build_parser():
     cmd.add_argument("--force", action="store_true", help="skip the state checks")
     cmd.add_argument("--rollback", action="store_true",
                      help="roll a HEAD changed since the start snapshot back to it first")
-    cmd.add_argument("--zero-granularity", type=int, default=engine.DEFAULT_GRANULARITY,
+    cmd.add_argument("--zero-granularity", type=positive_int, default=engine.DEFAULT_GRANULARITY,
                      metavar="BYTES", help="zero-run detection block size (default 4096)")
     cmd.add_argument("path", metavar="FILE|-")
     cmd.add_argument("image", metavar="POOL/IMAGE")
@@ -219,11 +230,12 @@ def report(stats, **extra):
 # --- commands ---------------------------------------------------------------
 
 def cmd_export_diff(args):
+    options = engine_options(args)
     with source_image(cluster_spec(args), args.image) as (client, img, snap):
         plan = make_plan(client, img, snap, args.from_snap)
         sink = output_sink(args.path, args.export_format)
         with progress_bar(args, "export-diff") as progress:
-            stats = engine.transfer(img, sink, plan, engine_options(args), progress)
+            stats = engine.transfer(img, sink, plan, options, progress)
     report(stats, stream_bytes=sink.bytes_written)
 
 

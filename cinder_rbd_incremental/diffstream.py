@@ -474,6 +474,15 @@ def _write_record(writer, record):
         writer.write_data(record.offset, record.data)
 
 
+def _with_growth_zeroed(records, first_size, final_size):
+    """The first diff's records, then a zero record for what the first diff
+    cut off and the second grew back: it reads as zeros after both, whatever
+    the target held there before (like ``rbd merge-diff``)."""
+    yield from records
+    if first_size is not None and final_size is not None and final_size > first_size:
+        yield ZeroRecord(first_size, final_size - first_size)
+
+
 def merge(first: DiffReader, second: DiffReader, writer: DiffWriter):
     """Merge two consecutive diffs into one, streaming (like ``rbd merge-diff``).
 
@@ -487,7 +496,7 @@ def merge(first: DiffReader, second: DiffReader, writer: DiffWriter):
                               % (one.to_snap, two.from_snap))
     size = two.size if two.size is not None else one.size
     writer.write_header(one.from_snap, two.to_snap, size)
-    a_records, b_records = iter(first), iter(second)
+    a_records, b_records = _with_growth_zeroed(first, one.size, size), iter(second)
     a, b = next(a_records, None), next(b_records, None)
     while a is not None or b is not None:
         if a is not None and (b is None or a.offset < b.offset):

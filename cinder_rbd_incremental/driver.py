@@ -540,6 +540,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             record = lineage.parse(driver_info.get("lineage"))
         except (lineage.InvalidLineage, AttributeError) as exc:
             raise exception.InvalidBackup(reason="backup record: %s" % exc) from None
+        if record["backup_id"] != backup.id:
+            raise exception.InvalidBackup(
+                reason="backup record describes backup %s, not %s"
+                       % (record["backup_id"], backup.id))
         target = record["target"]
         if target["pool"] != self.target.pool:
             raise exception.InvalidBackup(

@@ -69,6 +69,8 @@ class TransferOptions:
     whole_object: bool = False
 
     def __post_init__(self):
+        if self.chunk_size <= 0:
+            raise ValueError("chunk size must be positive")
         if self.zero_granularity <= 0 or self.chunk_size % self.zero_granularity:
             raise ValueError("chunk size must be a multiple of the zero granularity")
         if self.max_in_flight_ops < 1 or self.max_in_flight_bytes < self.chunk_size:
@@ -334,20 +336,20 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
 
     ``image`` must be open at ``plan.to_snap``. ``extents`` (``(offset,
     length, exists)``) replaces the diff when the caller knows better what to
-    copy (an in-place restore copies what changed on the destination). ``progress(done, total)`` is
-    called after each chunk; ``should_cancel()`` returning True stops the
-    transfer with :class:`Cancelled`. The sink is committed only after every
-    chunk was handed over; on any error it is aborted and the error raised.
-    Returns :class:`Stats`.
+    copy (an in-place restore copies what changed on the destination).
+    ``progress(done, total)`` is called after each chunk; ``should_cancel()``
+    returning True stops the transfer with :class:`Cancelled`. The sink is
+    committed only after every chunk was handed over; on any error, from the
+    first step on, it is aborted and the error raised. Returns :class:`Stats`.
     """
     options = options or TransferOptions()
     started = time.monotonic()
-    if extents is None:
-        extents = changed_extents(image, plan.from_snap, options.whole_object)
-    stats = Stats(changed_bytes=sum(e[1] for e in extents), extents=len(extents))
-    reader = AioReader(image, options.max_in_flight_ops, options.max_in_flight_bytes)
-    sink.begin(plan)
     try:
+        if extents is None:
+            extents = changed_extents(image, plan.from_snap, options.whole_object)
+        stats = Stats(changed_bytes=sum(e[1] for e in extents), extents=len(extents))
+        reader = AioReader(image, options.max_in_flight_ops, options.max_in_flight_bytes)
+        sink.begin(plan)
         done = 0
         for offset, length, _exists, data in reader.read(chunked(extents, options.chunk_size)):
             if should_cancel and should_cancel():
@@ -390,8 +392,10 @@ def apply_records(records, sink, plan, granularity=DEFAULT_GRANULARITY, progress
     """
     started = time.monotonic()
     stats = Stats()
-    sink.begin(plan)
     try:
+        if granularity <= 0:
+            raise ValueError("zero granularity must be positive")
+        sink.begin(plan)
         for record in records:
             data = getattr(record, "data", None)
             if data is None:

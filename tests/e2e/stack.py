@@ -1,0 +1,359 @@
+"""What the end-to-end tests drive: the real Cinder of ``tools/cinder-stack``.
+
+``ensure_up()`` runs ``tools/cinder-stack up`` (idempotent) once per process.
+``client()`` is python-cinderclient (API 3.64) with Cinder's noauth: user and
+project ``admin``, which noauth makes an admin. ``Cinder`` wraps it with the
+waiting every step needs (polling with a deadline, never hanging) and records
+what a test creates so a cleanup removes it: backups newest first (Cinder
+refuses to delete a backup with dependents), then volumes.
+
+The volumes' RBD images are read and written directly on the primary cluster
+(image ``volume-<id>`` in pool ``volumes``, user ``cinder``).
+"""
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import time
+
+import rados
+import rbd
+from cinderclient import client as cinder_client
+from cinderclient import exceptions as cinder_exc
+from cinderclient.contrib import noauth
+from keystoneauth1 import session as ks_session
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SANDBOX_DIR = os.path.abspath(os.environ.get("SANDBOX_DIR") or os.path.join(REPO, ".sandbox"))
+STACK_DIR = os.path.join(SANDBOX_DIR, "cinder")
+STACK_DB = os.path.join(STACK_DIR, "state", "cinder.sqlite")
+ENDPOINT = "http://127.0.0.1:%s/v3" % os.environ.get("CINDER_API_PORT", "18776")
+API_VERSION = "3.64"
+STOCK = os.environ.get("BACKUP_DRIVER") == "stock"
+TIMEOUT = 120          # seconds for any one Cinder operation
+POLL = 0.5
+MiB = 1 << 20
+GiB = 1 << 30
+CHUNK = 4 * MiB
+ZERO_CHUNK = bytes(CHUNK)
+
+_up = None
+
+
+def ensure_up():
+    """Boot the stack (or find it up); raise with its output if that fails."""
+    global _up
+    if _up is None:
+        proc = subprocess.run([os.path.join(REPO, "tools", "cinder-stack"), "up"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=300)
+        _up = (proc.returncode, proc.stdout)
+    if _up[0] != 0:
+        raise RuntimeError("tools/cinder-stack up failed:\n%s" % _up[1])
+
+
+def client():
+    auth = noauth.CinderNoAuthPlugin("admin", "admin", endpoint=ENDPOINT)
+    return cinder_client.Client(API_VERSION, session=ks_session.Session(auth=auth, timeout=60))
+
+
+class OperationFailed(AssertionError):
+    pass
+
+
+def wait_for(what, probe, timeout=TIMEOUT):
+    """Poll ``probe()`` until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise OperationFailed("timed out after %d s waiting for %s" % (timeout, what))
+        time.sleep(POLL)
+
+
+class Cinder:
+    """python-cinderclient plus waiting and cleanup bookkeeping for one test."""
+
+    def __init__(self):
+        self.c = client()
+        self.volumes = []   # ids, creation order
+        self.backups = []   # ids, creation order
+        self.attachments = []
+        self.deleted_volumes = []
+
+    # -- volumes ---------------------------------------------------------------------
+
+    def create_volume(self, size_gb=1, name="e2e"):
+        vol = self.c.volumes.create(size_gb, name=name)
+        self.volumes.append(vol.id)
+        return self.wait_volume(vol.id, "available")
+
+    def wait_volume(self, vol_id, status, timeout=TIMEOUT):
+        def probe():
+            vol = self.c.volumes.get(vol_id)
+            if vol.status == status:
+                return vol
+            if vol.status.startswith("error"):
+                raise OperationFailed("volume %s went %s (wanted %s); see %s/log"
+                                      % (vol_id, vol.status, status, STACK_DIR))
+            return None
+        return wait_for("volume %s to be %s" % (vol_id, status), probe, timeout)
+
+    def wait_volume_gone(self, vol_id, timeout=TIMEOUT):
+        def probe():
+            try:
+                vol = self.c.volumes.get(vol_id)
+            except cinder_exc.NotFound:
+                return True
+            if vol.status == "error_deleting":
+                raise OperationFailed("volume %s: error_deleting" % vol_id)
+            return False
+        wait_for("volume %s to be deleted" % vol_id, probe, timeout)
+
+    def delete_volume(self, vol_id):
+        self.c.volumes.delete(vol_id)
+        self.wait_volume_gone(vol_id)
+        self.volumes.remove(vol_id)
+        self.deleted_volumes.append(vol_id)
+
+    def attach_without_vm(self, vol_id):
+        """Attach the volume to a made-up host the way Nova would (attachments
+        API, a connector for which the RBD driver only hands out connection
+        info): Cinder then has it ``in-use``. Return the attachment id."""
+        connector = {"host": "e2e-no-such-host", "ip": "127.0.0.1", "platform": "x86_64",
+                     "os_type": "linux", "multipath": False, "do_local_attach": False}
+        # No instance id: deleting an attachment with one asks Nova first.
+        attachment = self.c.attachments.create(vol_id, connector, mode="rw")
+        self.attachments.append(attachment["id"])
+        self.c.attachments.complete(attachment["id"])
+        return attachment["id"]
+
+    def detach(self, attachment_id, vol_id):
+        self.c.attachments.delete(attachment_id)
+        self.attachments.remove(attachment_id)
+        return self.wait_volume(vol_id, "available")
+
+    # -- backups ---------------------------------------------------------------------
+
+    def create_backup(self, vol_id, incremental=False, force=False, name="e2e"):
+        backup = self.c.backups.create(vol_id, name=name, incremental=incremental,
+                                       force=force)
+        self.backups.append(backup.id)
+        backup = self.wait_backup(backup.id, "available")
+        return backup
+
+    def wait_backup(self, backup_id, status, timeout=TIMEOUT):
+        def probe():
+            backup = self.c.backups.get(backup_id)
+            if backup.status == status:
+                return backup
+            if backup.status == "error":
+                raise OperationFailed("backup %s failed: %s (see %s/log/cinder-backup.log)"
+                                      % (backup_id, backup.fail_reason, STACK_DIR))
+            return None
+        return wait_for("backup %s to be %s" % (backup_id, status), probe, timeout)
+
+    def wait_backup_gone(self, backup_id, timeout=TIMEOUT):
+        def probe():
+            try:
+                backup = self.c.backups.get(backup_id)
+            except cinder_exc.NotFound:
+                return True
+            if backup.status == "error_deleting":
+                raise OperationFailed("backup %s: error_deleting: %s"
+                                      % (backup_id, backup.fail_reason))
+            return False
+        wait_for("backup %s to be deleted" % backup_id, probe, timeout)
+
+    def delete_backup(self, backup_id):
+        self.c.backups.delete(backup_id)
+        self.wait_backup_gone(backup_id)
+        self.backups.remove(backup_id)
+
+    def restore(self, backup_id, vol_id=None):
+        """Restore to ``vol_id``, or to a new volume; wait; return the volume."""
+        restore = self.c.restores.restore(backup_id, vol_id)
+        if vol_id is None:
+            self.volumes.append(restore.volume_id)
+        self.wait_backup(backup_id, "available")
+        return self.wait_volume(restore.volume_id, "available")
+
+    def export_record(self, backup_id):
+        """``(record, decoded backup_url)``: the latter holds ``driver_info``."""
+        record = dict(self.c.backups.export_record(backup_id))
+        return record, json.loads(base64.b64decode(record["backup_url"]))
+
+    def settle(self, get, resource_id, states):
+        """Let a resource that is busy (creating, restoring...) finish first:
+        resetting its state under a running operation only races with it."""
+        def probe():
+            resource = get(resource_id)
+            return resource if resource.status in states else None
+
+        try:
+            return wait_for("%s to settle" % resource_id, probe)
+        except OperationFailed:
+            return get(resource_id)
+
+    # -- cleanup -------------------------------------------------------------------------
+
+    def cleanup(self):
+        """Remove what is left, newest backup first, then volumes; report all failures."""
+        errors = []
+        for attachment_id in list(self.attachments):
+            try:
+                self.c.attachments.delete(attachment_id)
+            except cinder_exc.NotFound:
+                pass
+            except Exception as exc:
+                errors.append("attachment %s: %s" % (attachment_id, exc))
+        for backup_id in reversed(list(self.backups)):
+            try:
+                with contextlib.suppress(cinder_exc.NotFound):
+                    backup = self.settle(self.c.backups.get, backup_id, ("available", "error"))
+                    if backup.status not in ("available", "error"):
+                        self.c.backups.reset_state(backup_id, "error")
+                    self.delete_backup(backup_id)
+            except Exception as exc:  # keep cleaning up
+                errors.append("backup %s: %s" % (backup_id, exc))
+        for vol_id in reversed(list(self.volumes)):
+            try:
+                with contextlib.suppress(cinder_exc.NotFound):
+                    vol = self.settle(self.c.volumes.get, vol_id, ("available", "in-use",
+                                                                   "error"))
+                    if vol.status != "available":
+                        self.c.volumes.reset_state(vol_id, "available",
+                                                   attach_status="detached")
+                    self.delete_volume(vol_id)
+            except Exception as exc:
+                errors.append("volume %s: %s" % (vol_id, exc))
+        for vol_id in self.deleted_volumes:
+            try:
+                purge_deleted_image(vol_id)
+            except Exception as exc:
+                errors.append("image volume-%s.deleted: %s" % (vol_id, exc))
+        if errors:
+            raise OperationFailed("cleanup failed: " + "; ".join(errors))
+
+
+def forget_backup_record(backup_id):
+    """Make Cinder's database forget a backup, data kept: what losing the record
+    (e.g. a rebuilt control plane) looks like to ``backup-import``, which only
+    accepts an id that is absent or soft-deleted."""
+    with contextlib.closing(sqlite3.connect(STACK_DB, timeout=30)) as db, db:
+        rows = db.execute("UPDATE backups SET deleted = 1, status = 'deleted', "
+                          "deleted_at = CURRENT_TIMESTAMP WHERE id = ?", (backup_id,)).rowcount
+    if rows != 1:
+        raise OperationFailed("backup %s not in %s" % (backup_id, STACK_DB))
+
+
+# -- the clusters --------------------------------------------------------------------
+
+@contextlib.contextmanager
+def pool(cluster, pool_name, user):
+    conf = os.path.join(SANDBOX_DIR, cluster, "ceph.conf")
+    client = rados.Rados(conffile=conf, rados_id=user)
+    client.conf_set("client_mount_timeout", "20")
+    client.conf_set("rados_osd_op_timeout", "60")
+    client.connect(timeout=20)
+    try:
+        with client.open_ioctx(pool_name) as ioctx:
+            yield ioctx
+    finally:
+        client.shutdown()
+
+
+def primary():
+    return pool("primary", "volumes", "cinder")
+
+
+def secondary():
+    return pool("secondary", "backups", "cinder-backup")
+
+
+@contextlib.contextmanager
+def volume_image(vol_id, read_only=False):
+    with primary() as ioctx, rbd.Image(ioctx, "volume-%s" % vol_id,
+                                       read_only=read_only) as img:
+        yield img
+
+
+def write(vol_id, *extents):
+    """Write ``(offset, bytes)`` pieces; ``(offset, int)`` discards that many bytes."""
+    with volume_image(vol_id) as img:
+        for offset, data in extents:
+            if isinstance(data, int):
+                img.discard(offset, data)
+            else:
+                img.write(data, offset)
+        img.flush()
+
+
+def content_digest(img):
+    """sha256 of an image's content: its size, then each 4 MiB chunk that is not
+    all zeros with its index. Equal for equal content however sparse, and
+    reads only allocated chunks (a 1 GiB volume hashes in a fraction of a second).
+    """
+    size = img.size()
+    chunks = set()
+
+    def extent(offset, length, _exists):
+        chunks.update(range(offset // CHUNK, (offset + length - 1) // CHUNK + 1))
+        return 0
+
+    img.diff_iterate(0, size, None, extent)
+    digest = hashlib.sha256(b"size %d\n" % size)
+    for index in sorted(chunks):
+        offset = index * CHUNK
+        data = img.read(offset, min(CHUNK, size - offset))
+        if data != ZERO_CHUNK[:len(data)]:
+            digest.update(b"chunk %d\n" % index)
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def volume_digest(vol_id):
+    with volume_image(vol_id, read_only=True) as img:
+        return content_digest(img)
+
+
+def volume_snapshots(vol_id):
+    with volume_image(vol_id, read_only=True) as img:
+        return [snap["name"] for snap in img.list_snaps()]
+
+
+def purge_deleted_image(vol_id):
+    """Remove ``volume-<id>.deleted``, which Cinder 29's RBD driver leaves behind.
+
+    Deleting a volume that ever had a clone (e.g. the temporary clone Cinder
+    makes to back up an in-use volume with a backup driver other than its own
+    Ceph one) renames its image to ``<name>.deleted``, to be removed with its
+    last clone; but deleting a clone takes a fast path (``RBD.remove``) that
+    skips that parent clean-up, so the renamed image stays forever.
+    """
+    name = "volume-%s.deleted" % vol_id
+    with primary() as ioctx:
+        try:
+            img = rbd.Image(ioctx, name)
+        except rbd.ImageNotFound:
+            return
+        with img:
+            for snap in list(img.list_snaps()):
+                if not snap["name"].endswith(".clone_snap"):
+                    raise OperationFailed("%s has snapshot %s" % (name, snap["name"]))
+                if img.is_protected_snap(snap["name"]):
+                    img.unprotect_snap(snap["name"])
+                img.remove_snap(snap["name"])
+        rbd.RBD().remove(ioctx, name)
+
+
+def backup_images():
+    with secondary() as ioctx:
+        return rbd.RBD().list(ioctx)
