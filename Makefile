@@ -7,6 +7,7 @@ STAMP := $(VENV)/.bootstrapped
 .PHONY: demo test deps sandbox sandbox-down unit functional e2e lint docs bench bench-quick clean
 
 demo: sandbox
+	$(PY) tools/journey.py
 	$(PY) tools/demo.py
 
 test: sandbox
