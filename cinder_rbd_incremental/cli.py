@@ -64,8 +64,8 @@ def _add_engine_args(parser):
                         help="compare whole objects (fast with fast-diff, coarser)")
     parser.add_argument("--zero-granularity", type=positive_int, default=engine.DEFAULT_GRANULARITY,
                         metavar="BYTES", help="zero-run detection block size (default 4096)")
-    parser.add_argument("--max-in-flight", type=positive_int, default=32, metavar="N",
-                        help="concurrent librbd requests per direction (default 32)")
+    parser.add_argument("--max-in-flight", type=positive_int, default=64, metavar="N",
+                        help="concurrent librbd requests per direction (default 64)")
 
 
 def _common_args(default):
@@ -313,7 +313,8 @@ def cmd_sync(args):
             with cluster.image(ctx, dest_name) as dest_img:
                 sink = rbd_target.ImageSink(dest_img, fresh=fresh, force=args.force,
                                             rollback=args.rollback,
-                                            max_in_flight_ops=options.max_in_flight_ops)
+                                            max_in_flight_ops=options.max_in_flight_ops,
+                                            max_in_flight_bytes=options.max_in_flight_bytes)
                 with progress_bar(args, "sync") as progress:
                     stats = engine.transfer(img, sink, plan, options, progress)
     report(stats)

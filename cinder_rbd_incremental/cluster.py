@@ -45,6 +45,9 @@ def connect(spec):
     if spec.keyring and not os.access(spec.keyring, os.R_OK):
         raise ClusterError("keyring %s is missing or unreadable" % spec.keyring)
     conf = {
+        # Like the rbd tool: the writeback cache works from the first write,
+        # not only after a first flush (we flush before every end snapshot).
+        "rbd_cache_writethrough_until_flush": "false",
         "client_mount_timeout": str(spec.connect_timeout),
         "rados_osd_op_timeout": str(spec.op_timeout),
         "rados_mon_op_timeout": str(spec.op_timeout),

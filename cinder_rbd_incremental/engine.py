@@ -64,8 +64,8 @@ class TransferOptions:
 
     zero_granularity: int = DEFAULT_GRANULARITY
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_in_flight_ops: int = 32
-    max_in_flight_bytes: int = 64 << 20
+    max_in_flight_ops: int = 64
+    max_in_flight_bytes: int = 32 << 20
     whole_object: bool = False
 
     def __post_init__(self):
@@ -283,7 +283,8 @@ class AioWriter(_BoundedAio):
         length = len(data)
         self._reserve(length)
         try:
-            self._image.aio_write(bytes(data), offset, self._on_done("write", offset, length))
+            payload = data if isinstance(data, bytes) else bytes(data)  # librbd wants bytes
+            self._image.aio_write(payload, offset, self._on_done("write", offset, length))
         except Exception:
             self._release(length)
             raise
@@ -377,7 +378,9 @@ def _feed_counted(sink, offset, data, granularity, stats):
             sink.zero(offset + start, length)
             stats.zero_bytes += length
         else:
-            sink.write(offset + start, view[start:start + length])
+            # the whole chunk is data: hand over the bytes object itself, no copy
+            sink.write(offset + start, data if length == len(data)
+                       else view[start:start + length])
             stats.data_bytes += length
 
 

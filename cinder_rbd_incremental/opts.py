@@ -39,9 +39,9 @@ source_cluster_opts = [
 engine_opts = [
     cfg.IntOpt("zero_granularity", default=4096, min=512,
                help="Block size in bytes at which runs of zeros are detected and not sent."),
-    cfg.IntOpt("max_in_flight_ops", default=32, min=1,
+    cfg.IntOpt("max_in_flight_ops", default=64, min=1,
                help="Concurrent librbd requests per direction."),
-    cfg.IntOpt("max_in_flight_mib", default=64, min=4,
+    cfg.IntOpt("max_in_flight_mib", default=32, min=4,
                help="Bytes in flight per direction, in MiB: bounds memory per backup."),
     cfg.BoolOpt("whole_object", default=False,
                 help="Diff whole objects (fast with the fast-diff feature, coarser)."),
