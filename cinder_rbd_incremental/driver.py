@@ -494,6 +494,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             if parent:
                 chains.append(parent[1])
             run_native(self._delete_attempt, chains, backup.id)
+            self._delete_attempt_source_snapshot(backup)
             return
         record = run_native(self._delete_chain_snapshot, location, backup.id)
         if record:
@@ -513,6 +514,26 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         with self.target.connect() as (_client, dst_ctx):
             for image in chains:
                 self.target.delete_attempt(dst_ctx, image, backup_id)
+
+    def _delete_attempt_source_snapshot(self, backup):
+        """Remove the snapshot an unfinished backup may have taken of its volume."""
+        try:
+            volume = objects.Volume.get_by_id(self.context, backup.volume_id)
+        except exception.VolumeNotFound:
+            return  # deleting the volume removed its backup snapshots
+        run_native(self._remove_backup_snapshots, volume.name, backup.id)
+
+    def _remove_backup_snapshots(self, image_name, backup_id):
+        try:
+            with cluster.open_image(self.source_spec(), self.options.source_ceph_pool,
+                                    image_name) as img:
+                for snap in rbd_target.snapshot_names(img):
+                    if naming.parse_backup_snapshot(snap) == backup_id:
+                        LOG.info("removing %s@%s left by an unfinished backup", image_name, snap)
+                        img.remove_snap(snap)
+        except (cluster.ClusterError, rbd.Error) as exc:
+            LOG.warning("could not look for snapshots of backup %s on %s: %s", backup_id,
+                        image_name, exc)
 
     def _delete_source_snapshot(self, record):
         """Remove the backup's snapshot on the volume, if it is still there."""

@@ -34,6 +34,9 @@ source_cluster_opts = [
     cfg.StrOpt("source_ceph_user", default="cinder",
                help="cephx user on the volume cluster, without 'client.'."),
     cfg.StrOpt("source_ceph_keyring", help="Keyring of source_ceph_user."),
+    cfg.StrOpt("source_ceph_pool", default="volumes",
+               help="Pool of the volumes (as the RBD volume driver's rbd_pool): where an "
+                    "interrupted backup's snapshot is looked for when it is deleted."),
 ]
 
 engine_opts = [

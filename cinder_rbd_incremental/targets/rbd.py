@@ -282,11 +282,25 @@ class RBDTarget:
             return
         for snap in mine:
             self.delete_backup(ctx, image_name, snap, backup_id)
+        self._undo_pending(ctx, image_name, backup_id)
         own_chain = (naming.parse_chain_image(image_name) or (None, None))[1] == backup_id
         if own_chain and not mine:
             LOG.info("removing chain image %s left by an unfinished backup", image_name)
             with contextlib.suppress(rbd.ImageNotFound):
                 self.delete_image(ctx, image_name)
+
+    @staticmethod
+    def _undo_pending(ctx, image_name, backup_id):
+        """Roll back what an interrupted transfer of ``backup_id`` wrote to HEAD."""
+        with contextlib.suppress(rbd.ImageNotFound), rbd.Image(ctx, image_name) as img:
+            pending = get_meta_json(img, PENDING_KEY) or {}
+            if naming.parse_backup_snapshot(pending.get("to_snap")) != backup_id:
+                return
+            base = pending.get("from_snap")
+            if base in snapshot_names(img):
+                LOG.info("rolling %s back to %s: undoing an interrupted backup", image_name, base)
+                img.rollback_to_snap(base)
+            img.metadata_remove(PENDING_KEY)
 
     @staticmethod
     def save_digests(ctx, backup_id, digests):

@@ -296,6 +296,14 @@ def write(vol_id, *extents):
         img.flush()
 
 
+def write_random(vol_id, offsets, length):
+    """Write ``length`` random bytes at each offset (one piece in memory at a time)."""
+    with volume_image(vol_id) as img:
+        for offset in offsets:
+            img.write(os.urandom(length), offset)
+        img.flush()
+
+
 def content_digest(img):
     """sha256 of an image's content: its size, then each 4 MiB chunk that is not
     all zeros with its index. Equal for equal content however sparse, and
@@ -357,3 +365,119 @@ def purge_deleted_image(vol_id):
 def backup_images():
     with secondary() as ioctx:
         return rbd.RBD().list(ioctx)
+
+
+def chain_snapshots(vol_id):
+    """``{chain image: [snapshot names]}`` of the volume's images in the backups pool."""
+    with secondary() as ioctx:
+        chains = {}
+        for name in rbd.RBD().list(ioctx):
+            if vol_id in name:
+                with rbd.Image(ioctx, name, read_only=True) as img:
+                    chains[name] = [snap["name"] for snap in img.list_snaps()]
+        return chains
+
+
+def head_written(img):
+    """True when HEAD has data that the image's newest snapshot does not have."""
+    found = []
+
+    def extent(offset, _length, _exists):
+        found.append(offset)
+        return 0
+
+    snaps = sorted(img.list_snaps(), key=lambda snap: snap["id"])
+    img.diff_iterate(0, img.size(), snaps[-1]["name"] if snaps else None, extent,
+                     whole_object=True)
+    return bool(found)
+
+
+def chain_heads_written(vol_id):
+    """The volume's chain images with data on HEAD that their newest snapshot
+    does not have: a backup transfer is (or was, until killed) writing into them."""
+    with secondary() as ioctx:
+        written = []
+        for name in rbd.RBD().list(ioctx):
+            if vol_id in name:
+                with rbd.Image(ioctx, name, read_only=True) as img:
+                    if head_written(img):
+                        written.append(name)
+        return written
+
+
+# -- the services --------------------------------------------------------------------
+
+def service_log(name="cinder-backup"):
+    return os.path.join(STACK_DIR, "log", "%s.log" % name)
+
+
+def log_size(name="cinder-backup"):
+    try:
+        return os.path.getsize(service_log(name))
+    except FileNotFoundError:
+        return 0
+
+
+def logged_since(offset, text, name="cinder-backup"):
+    """True when ``text`` is in the service's log after byte ``offset``."""
+    with open(service_log(name), "rb") as log:
+        log.seek(offset)
+        return text.encode() in log.read()
+
+
+def process_alive(pid):
+    """Running (a zombie is not: PID 1 may reap a killed service late)."""
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def service_pid(name):
+    """The pid of this stack's ``name`` service, checked against its command line
+    (its pid file, and the process must run that binary with this stack's
+    configuration: never another stack's or test's process)."""
+    with open(os.path.join(STACK_DIR, "run", "%s.pid" % name)) as pidfile:
+        pid = int(pidfile.read().strip())
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as cmdline:
+            argv = cmdline.read().decode(errors="replace").split("\0")
+    except FileNotFoundError:
+        raise OperationFailed("%s (pid %d) is not running" % (name, pid)) from None
+    conf = os.path.join(STACK_DIR, "etc", "cinder.conf")
+    if not (any(arg.endswith("/" + name) for arg in argv) and conf in argv):
+        raise OperationFailed("pid %d of %s is not this stack's %s: %s"
+                              % (pid, STACK_DIR, name, " ".join(argv)))
+    return pid
+
+
+def kill_service(name, timeout=10):
+    """SIGKILL the service's main process (only it: what it started stays, as
+    after a crash); return its pid once it is dead."""
+    pid = service_pid(name)
+    os.kill(pid, 9)
+    wait_for("%s (pid %d) to die" % (name, pid), lambda: not process_alive(pid), timeout)
+    return pid
+
+
+def restart_service(name):
+    """``tools/cinder-stack restart NAME``: only that service; the database
+    and the other services stay. Returns once it reported in again."""
+    proc = subprocess.run([os.path.join(REPO, "tools", "cinder-stack"), "restart", name],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=200)
+    if proc.returncode != 0:
+        raise OperationFailed("tools/cinder-stack restart %s failed:\n%s"
+                              % (name, proc.stdout))
+    return proc.stdout
+
+
+def ensure_service_running(name="cinder-backup"):
+    """For a cleanup: start the service again if a failed test left it dead."""
+    try:
+        if process_alive(service_pid(name)):
+            return
+    except (OperationFailed, FileNotFoundError, ValueError):
+        pass
+    restart_service(name)

@@ -255,3 +255,83 @@ class TestFallbackToFull(E2ETestCase):
         self.assert_restores_to(backup.id, expected)
         # Not a dependent of the old full one: that can go first.
         self.cinder.delete_backup(full.id)
+
+
+class TestBackupServiceKilled(E2ETestCase):
+
+    def test_backup_killed_mid_transfer_then_next_backup_is_correct(self):
+        """cinder-backup dies (SIGKILL) while an incremental backup transfers: on
+        restart Cinder resets that backup to error, deleting it removes what it
+        left, and the next incremental is correct and restores byte-identical."""
+        # If a step fails while the service is down, it must be back for the cleanup
+        # (cleanups run last-registered first: this one before the Cinder one).
+        self.addCleanup(stack.ensure_service_running, "cinder-backup")
+        vol = self.cinder.create_volume(2, name="e2e-killed")
+        # 512 MiB of random data, 32 MiB every 128 MiB: a full backup takes seconds.
+        stack.write_random(vol.id, range(0, 2048 * MiB, 128 * MiB), 32 * MiB)
+        state_full = stack.volume_digest(vol.id)
+        full = self.cinder.create_backup(vol.id)
+
+        # 512 MiB more, half of each piece over the old data: an incremental that
+        # transfers long enough to be killed in the middle.
+        stack.write_random(vol.id, range(16 * MiB, 2048 * MiB, 128 * MiB), 32 * MiB)
+        state_inc = stack.volume_digest(vol.id)
+        log_offset = stack.log_size("cinder-backup")
+        killed = self.c.backups.create(vol.id, name="e2e-killed", incremental=True)
+        self.cinder.backups.append(killed.id)
+
+        def transferring():
+            status = self.c.backups.get(killed.id).status
+            if status != "creating":
+                raise stack.OperationFailed(
+                    "backup %s went %s before it could be killed: give it more data"
+                    % (killed.id, status))
+            return (stack.logged_since(log_offset, "Create backup started, backup: %s"
+                                       % killed.id)
+                    and stack.chain_heads_written(vol.id))
+        stack.wait_for("backup %s to be transferring" % killed.id, transferring, 60)
+        stack.kill_service("cinder-backup")
+        self.assertEqual("creating", self.c.backups.get(killed.id).status)
+        stack.restart_service("cinder-backup")
+
+        # The manager's start-up clean-up: creating -> error, the volume back.
+        reset = stack.wait_for("backup %s to be reset to error" % killed.id, lambda: [
+            b for b in [self.c.backups.get(killed.id)] if b.status == "error"], 60)[0]
+        self.assertIn("incomplete backup reset on manager restart", reset.fail_reason or "")
+        self.cinder.wait_volume(vol.id, "available", timeout=30)
+        self.assertEqual(state_inc, stack.volume_digest(vol.id))
+
+        # Deleting it (the driver's delete_backup) removes what the attempt left.
+        self.cinder.delete_backup(killed.id)
+        killed_snap = "backup.%s.snap." % killed.id
+        left_after_delete = {  # checked at the end, after the rest of the journey
+            "its snapshots on chain images": [
+                "%s@%s" % (image, snap) for image, snaps in stack.chain_snapshots(vol.id).items()
+                for snap in snaps if snap.startswith(killed_snap)],
+            "chain images with its partial data on HEAD": stack.chain_heads_written(vol.id),
+            "its snapshots on the volume": [
+                s for s in stack.volume_snapshots(vol.id) if s.startswith(killed_snap)],
+        }
+        inc = self.cinder.create_backup(vol.id, incremental=True)
+        self.assertTrue(inc.is_incremental, "the backup after the killed one is a full one")
+        if not stack.STOCK:
+            lineage = lineage_of(self.cinder, inc.id)
+            self.assertEqual("rbd-diff", lineage["method"], lineage)
+            self.assertIsNone(lineage["full_reason"], lineage)
+            self.assertEqual(full.id, lineage["parent"]["backup_id"])
+        self.assert_restores_to(inc.id, state_inc)
+        self.assert_restores_to(full.id, state_full)
+
+        chains = stack.chain_snapshots(vol.id)
+        self.assertEqual([], [(image, snap) for image, snaps in chains.items()
+                              for snap in snaps if snap.startswith(killed_snap)],
+                         "snapshot of the killed backup left on the backup cluster")
+        if not stack.STOCK:
+            self.assertEqual(1, len(chains), "one chain: %s" % chains)
+            self.assertEqual(2, len(next(iter(chains.values()))), chains)
+        on_volume = [s for s in stack.volume_snapshots(vol.id) if s.startswith("backup.")]
+        self.assertEqual(1, len(on_volume), "backup snapshots on the volume: %s" % on_volume)
+        self.assertTrue(on_volume[0].startswith("backup.%s.snap." % inc.id),
+                        "the volume keeps %s, not the newest backup's snapshot" % on_volume)
+        self.assertEqual({what: [] for what in left_after_delete}, left_after_delete,
+                         "deleting the killed backup %s left this behind" % killed.id)
