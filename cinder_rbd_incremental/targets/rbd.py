@@ -20,6 +20,7 @@ import logging
 
 import rados
 import rbd
+import tenacity
 
 from cinder_rbd_incremental import cluster, engine, naming
 
@@ -72,6 +73,18 @@ def _snap_size(img, snap_name):
         if snap["name"] == snap_name:
             return snap["size"]
     raise engine.StateError("snapshot %s not found" % snap_name)
+
+
+@tenacity.retry(retry=tenacity.retry_if_exception_type(rbd.ReadOnlyImage),
+                wait=tenacity.wait_fixed(2), stop=tenacity.stop_after_delay(90), reraise=True)
+def rollback(img, snap_name):
+    """Roll HEAD back to ``snap_name``, waiting out a dead writer's lock.
+
+    A writer killed mid-transfer keeps the image's exclusive lock until its
+    watch times out (about 30 s); until then librbd refuses the rollback with
+    EROFS instead of waiting as it does for writes.
+    """
+    img.rollback_to_snap(snap_name)
 
 
 def same_identity(recorded, expected):
@@ -168,7 +181,7 @@ class ImageSink(engine.Sink):
                     "%s has changed since snapshot %s; use --rollback to discard those "
                     "changes or --force to apply anyway" % (where, base))
             LOG.warning("rolling %s back to %s", where, base)
-            self.image.rollback_to_snap(base)
+            rollback(self.image, base)
 
     def _check_empty(self, where, names, resuming):
         """A full transfer goes onto an image with no snapshot and no data."""
@@ -291,16 +304,29 @@ class RBDTarget:
 
     @staticmethod
     def _undo_pending(ctx, image_name, backup_id):
-        """Roll back what an interrupted transfer of ``backup_id`` wrote to HEAD."""
-        with contextlib.suppress(rbd.ImageNotFound), rbd.Image(ctx, image_name) as img:
-            pending = get_meta_json(img, PENDING_KEY) or {}
-            if naming.parse_backup_snapshot(pending.get("to_snap")) != backup_id:
-                return
-            base = pending.get("from_snap")
-            if base in snapshot_names(img):
-                LOG.info("rolling %s back to %s: undoing an interrupted backup", image_name, base)
-                img.rollback_to_snap(base)
-            img.metadata_remove(PENDING_KEY)
+        """Roll back what an interrupted transfer of ``backup_id`` wrote to HEAD.
+
+        Best effort: the writes only take space (no snapshot marks them as a
+        restore point) and the next backup of the chain rolls HEAD back too.
+        A killed writer may still hold the image's lock for a while, which
+        makes librbd refuse the rollback: that is logged, not an error.
+        """
+        try:
+            with rbd.Image(ctx, image_name) as img:
+                pending = get_meta_json(img, PENDING_KEY) or {}
+                if naming.parse_backup_snapshot(pending.get("to_snap")) != backup_id:
+                    return
+                base = pending.get("from_snap")
+                if base in snapshot_names(img):
+                    LOG.info("rolling %s back to %s: undoing an interrupted backup",
+                             image_name, base)
+                    rollback(img, base)
+                img.metadata_remove(PENDING_KEY)
+        except rbd.ImageNotFound:
+            pass
+        except rbd.Error as exc:
+            LOG.warning("could not undo the interrupted writes of backup %s on %s (the next "
+                        "backup of this chain will): %s", backup_id, image_name, exc)
 
     @staticmethod
     def save_digests(ctx, backup_id, digests):

@@ -378,18 +378,26 @@ def chain_snapshots(vol_id):
         return chains
 
 
-def head_written(img):
-    """True when HEAD has data that the image's newest snapshot does not have."""
-    found = []
+def head_written(img, ioctx):
+    """True when HEAD holds data that the image's newest snapshot does not.
 
-    def extent(offset, _length, _exists):
-        found.append(offset)
-        return 0
-
+    Compares content: after a rollback librbd still lists the rolled-back
+    objects in a diff, though HEAD equals the snapshot again.
+    """
+    extents = []
     snaps = sorted(img.list_snaps(), key=lambda snap: snap["id"])
-    img.diff_iterate(0, img.size(), snaps[-1]["name"] if snaps else None, extent,
+    newest = snaps[-1]["name"] if snaps else None
+    img.diff_iterate(0, img.size(), newest, lambda *extent: extents.append(extent),
                      whole_object=True)
-    return bool(found)
+    if not extents or newest is None:
+        return bool(extents)
+    with rbd.Image(ioctx, img.get_name(), snapshot=newest, read_only=True) as snap:
+        for offset, length, _exists in extents:
+            for start in range(offset, offset + length, CHUNK):
+                size = min(CHUNK, offset + length - start)
+                if img.read(start, size) != snap.read(start, size):
+                    return True
+    return False
 
 
 def chain_heads_written(vol_id):
@@ -400,7 +408,7 @@ def chain_heads_written(vol_id):
         for name in rbd.RBD().list(ioctx):
             if vol_id in name:
                 with rbd.Image(ioctx, name, read_only=True) as img:
-                    if head_written(img):
+                    if head_written(img, ioctx):
                         written.append(name)
         return written
 
