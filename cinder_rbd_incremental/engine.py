@@ -14,6 +14,7 @@ by the size of the volume.
 """
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import os
@@ -350,7 +351,7 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
     """
     options = options or TransferOptions()
     started = time.monotonic()
-    try:
+    with _committed(sink):
         zero_before = None
         if extents is None:
             extents = changed_extents(image, plan.from_snap, options.whole_object)
@@ -362,24 +363,32 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
         for offset, length, _exists, data in reader.read(chunked(extents, options.chunk_size)):
             if should_cancel and should_cancel():
                 raise Cancelled("transfer cancelled at offset %d" % offset)
-            if data is None:
-                sink.zero(offset, length)
-                stats.zero_bytes += length
-            else:
-                _feed_counted(sink, offset, data, options.zero_granularity, stats,
-                              zero_before)
+            _feed(sink, offset, length, data, options.zero_granularity, stats, zero_before)
             done += length
             if progress:
                 progress(done, stats.changed_bytes)
-        sink.commit()
-    except BaseException:
-        sink.abort()
-        raise
     stats.seconds = time.monotonic() - started
     return stats
 
 
-def _feed_counted(sink, offset, data, granularity, stats, zero_before=None):
+@contextlib.contextmanager
+def _committed(sink):
+    """Commit ``sink`` when the block ends normally; abort it on any error
+    (the commit's own included)."""
+    try:
+        yield
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def _feed(sink, offset, length, data, granularity, stats, zero_before=None):
+    """Hand one extent to ``sink``: ``data`` None means it reads as zeros."""
+    if data is None:
+        sink.zero(offset, length)
+        stats.zero_bytes += length
+        return
     view = memoryview(data)
     for start, length, is_zero in zero_runs(data, granularity):
         if is_zero:
@@ -404,25 +413,17 @@ def apply_records(records, sink, plan, granularity=DEFAULT_GRANULARITY, progress
     """
     started = time.monotonic()
     stats = Stats()
-    try:
+    with _committed(sink):
         if granularity <= 0:
             raise ValueError("zero granularity must be positive")
         sink.begin(plan)
         for record in records:
-            data = getattr(record, "data", None)
-            if data is None:
-                sink.zero(record.offset, record.length)
-                stats.zero_bytes += record.length
-            else:
-                _feed_counted(sink, record.offset, data, granularity, stats)
+            _feed(sink, record.offset, record.length, getattr(record, "data", None),
+                  granularity, stats)
             stats.extents += 1
             stats.changed_bytes += record.length
             if progress:
                 progress(record.offset + record.length, plan.size)
-        sink.commit()
-    except BaseException:
-        sink.abort()
-        raise
     stats.seconds = time.monotonic() - started
     return stats
 
