@@ -496,6 +496,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             run_native(self._delete_attempt, chains, backup.id)
             self._delete_attempt_source_snapshot(backup)
             return
+        if (naming.parse_chain_image(location[1]) or (None,))[0] != backup.volume_id:
+            LOG.error("backup %s names chain image %s of another volume: not touching it",
+                      backup.id, location[1])
+            return
         record = run_native(self._delete_chain_snapshot, location, backup.id)
         if record:
             run_native(self._delete_source_snapshot, record)
@@ -561,6 +565,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             record = lineage.parse(driver_info.get("lineage"))
         except (lineage.InvalidLineage, AttributeError) as exc:
             raise exception.InvalidBackup(reason="backup record: %s" % exc) from None
+        if record["volume_id"] != backup.volume_id:
+            raise exception.InvalidBackup(
+                reason="backup record belongs to volume %s, not %s"
+                       % (record["volume_id"], backup.volume_id))
         if record["backup_id"] != backup.id:
             raise exception.InvalidBackup(
                 reason="backup record describes backup %s, not %s"

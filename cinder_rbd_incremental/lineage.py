@@ -75,7 +75,7 @@ def parse_compact(text):
     try:
         return (naming.check_name(data["pool"], "pool"), _check_image(data["image"]),
                 _check_snap(data["snap"]))
-    except (KeyError, naming.InvalidName) as exc:
+    except (KeyError, TypeError, AttributeError, naming.InvalidName) as exc:
         raise InvalidLineage("service metadata: %s" % exc) from None
 
 
@@ -85,8 +85,8 @@ def parse(text_or_dict):
     if not isinstance(record, dict):
         try:
             record = json.loads(text_or_dict)
-        except (TypeError, ValueError):
-            raise InvalidLineage("lineage is not JSON") from None
+        except (TypeError, ValueError, RecursionError):
+            raise InvalidLineage("lineage is not JSON (or nested too deeply)") from None
     validate(record)
     return record
 
@@ -114,7 +114,7 @@ def validate(record):
             _check_snap(parent["snapshot"])
         if not isinstance(record["size"], int) or record["size"] < 0:
             raise InvalidLineage("size must be a non-negative integer")
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise InvalidLineage("lineage lacks or mistypes %s" % exc) from None
     except naming.InvalidName as exc:
         raise InvalidLineage(str(exc)) from None
