@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test deps sandbox sandbox-down unit functional e2e lint docs bench bench-quick clean
+.PHONY: demo test deps sandbox sandbox-down unit functional e2e lint docs reliability bench bench-quick clean
 
 demo: sandbox
 	$(PY) tools/journey.py
@@ -25,7 +25,7 @@ sandbox: deps
 sandbox-down:
 	tools/sandbox down
 
-unit functional e2e lint docs: sandbox
+unit functional e2e lint docs reliability: sandbox
 	tools/run-tests $@
 
 bench: sandbox
