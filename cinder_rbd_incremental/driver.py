@@ -50,6 +50,7 @@ CONF = cfg.CONF
 opts.register_opts(CONF)
 TARGET_NAMESPACE = "cinder_rbd_incremental.targets"
 PROGRESS_INTERVAL = 10
+IMPORT_PLACEHOLDER_VOLUME_ID = "00000000-0000-0000-0000-000000000000"  # cinder/backup/api.py
 
 
 @dataclasses.dataclass
@@ -565,7 +566,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             record = lineage.parse(driver_info.get("lineage"))
         except (lineage.InvalidLineage, AttributeError) as exc:
             raise exception.InvalidBackup(reason="backup record: %s" % exc) from None
-        if record["volume_id"] != backup.volume_id:
+        # Cinder calls this with a placeholder volume id, then applies the record's
+        if backup.volume_id not in (record["volume_id"], IMPORT_PLACEHOLDER_VOLUME_ID):
             raise exception.InvalidBackup(
                 reason="backup record belongs to volume %s, not %s"
                        % (record["volume_id"], backup.volume_id))
