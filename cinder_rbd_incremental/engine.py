@@ -16,7 +16,6 @@ by the size of the volume.
 import collections
 import contextlib
 import dataclasses
-import errno
 import os
 import random
 import sys
@@ -505,8 +504,3 @@ def first_difference(image_a, image_b, options=None, sample=None):
             return offset + next(i for i, (x, y) in enumerate(zip(data_a, data_b, strict=True))
                                  if x != y)
     return None
-
-
-def errno_of(exc):
-    """Best-effort errno of a librbd/librados exception (for exit codes)."""
-    return getattr(exc, "errno", None) or errno.EIO

@@ -8,7 +8,6 @@ returned updates to the backup.
 import contextlib
 import os
 import tempfile
-import uuid
 
 import rbd
 from cinder import context, objects, rpc
@@ -177,7 +176,3 @@ class CinderEnv:
                 wrapper.close()
         finally:
             client.disconnect()
-
-
-def new_id():
-    return str(uuid.uuid4())

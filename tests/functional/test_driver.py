@@ -11,7 +11,6 @@ import random
 import unittest
 import uuid
 
-import rbd
 from cinder import exception
 
 from cinder_rbd_incremental import cluster, naming
@@ -266,6 +265,3 @@ def image_sha256(img, chunk=4 << 20):
     for offset in range(0, img.size(), chunk):
         digest.update(img.read(offset, min(chunk, img.size() - offset)))
     return digest.hexdigest()
-
-
-__all__ = ["DriverTestCase", "cluster", "naming", "rbd"]
