@@ -98,7 +98,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
     def check_for_setup_error(self):
         try:
             self.engine_options()
-            lineage.check_pool_fits(self.target.pool)
+            lineage.check_pool_fits(self.target.pool, self.target.name)
             self.target.check_setup()
         except (cluster.ClusterError, lineage.InvalidLineage, ValueError) as exc:
             raise exception.BackupDriverException(reason=str(exc)) from None
@@ -173,13 +173,13 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         options = self.engine_options()
         with cluster.cluster(job.source_spec) as src_client, \
                 cluster.ioctx(src_client, job.source_pool) as src_ctx, \
-                self.target.connect() as (dst_client, dst_ctx):
+                self.target.session() as session:
             src_snap = job.snapshot_name or self._take_source_snapshot(src_ctx, job)
             with cluster.image(src_ctx, job.source_image, snapshot=src_snap,
                                read_only=True) as src_img:
-                parent = self._usable_parent(job, src_client, src_img, dst_ctx)
+                parent = self._usable_parent(job, src_client, src_img, session)
                 record = self._transfer(job, options, src_client, src_img, src_snap,
-                                        dst_client, dst_ctx, parent)
+                                        session, parent)
             self._prune_source_snapshots(src_ctx, job, keep=src_snap)
         return record
 
@@ -190,7 +190,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             img.create_snap(name)
         return name
 
-    def _usable_parent(self, job, src_client, src_img, dst_ctx):
+    def _usable_parent(self, job, src_client, src_img, session):
         """The parent's lineage if an incremental is possible, else the reason why not."""
         if not job.parent_id:
             return None, None
@@ -198,9 +198,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None, "the parent backup has no lineage of this driver"
         _pool, image, snap = job.parent_location
         try:
-            with cluster.image(dst_ctx, image, read_only=True) as chain:
-                record = self.target.load_lineage(chain, job.parent_id)
-                chain_snaps = rbd_target.snapshot_names(chain)
+            record = session.load_lineage(image, job.parent_id)
+            chain_snaps = session.snapshots(image)
         except cluster.ClusterError:
             return None, "the parent's chain image %s is gone" % image
         if record is None or snap not in chain_snaps:
@@ -213,7 +212,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None, "the volume image is not the one the parent backed up"
         return record, None
 
-    def _transfer(self, job, options, src_client, src_img, src_snap, dst_client, dst_ctx,
+    def _transfer(self, job, options, src_client, src_img, src_snap, session,
                   parent_and_reason):
         parent, full_reason = parent_and_reason
         dest_snap = (src_snap if job.snapshot_name is None
@@ -228,40 +227,29 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             image = parent["target"]["image"]
         else:
             image = naming.chain_image(job.volume_id, job.backup_id)
-            self._recreate_chain(dst_ctx, image, src_img.size(), src_img.stat()["order"])
+            session.new_chain(image, src_img.size(), src_img.stat()["order"])
         try:
             stats, snap_id, verification = self._write_chain(
-                job, options, src_img, dst_ctx, image, plan, fresh=parent is None)
+                job, options, src_img, session, image, plan, fresh=parent is None)
         except engine.StateError as exc:
             if parent is None:
                 raise
             # The chain is not in the state its lineage says: start a new one.
-            return self._transfer(job, options, src_client, src_img, src_snap, dst_client,
-                                  dst_ctx, (None, "the parent's chain image is damaged: %s"
-                                            % exc))
+            return self._transfer(job, options, src_client, src_img, src_snap, session,
+                                  (None, "the parent's chain is damaged: %s" % exc))
         record = lineage.build(
             backup_id=job.backup_id, volume_id=job.volume_id, pool=self.target.pool,
             image=image, snapshot=dest_snap, snap_id=snap_id,
-            method="rbd-diff" if parent else "rbd-full", target_fsid=dst_client.get_fsid(),
+            method="rbd-diff" if parent else "rbd-full", target=self.target.name,
+            target_fsid=session.fsid,
             source={"pool": job.source_pool, "image": job.source_image, "snapshot": src_snap,
                     "identity": identity_to, "cinder_snapshot": job.snapshot_name},
             parent=({"backup_id": job.parent_id, "snapshot": parent["target"]["snapshot"]}
                     if parent else None),
             full_reason=full_reason, size=plan.size, stats=stats.as_dict(),
             verification=verification)
-        with cluster.image(dst_ctx, image) as chain:
-            self.target.save_lineage(chain, record, job.volume_metadata)
+        session.save_lineage(image, record, job.volume_metadata)
         return record
-
-    def _recreate_chain(self, dst_ctx, image, size, order):
-        """Create the chain image of a full backup (a leftover of an earlier,
-        interrupted attempt at this same backup is removed first: its name
-        carries this backup's id, so nothing else can use it)."""
-        try:
-            self.target.delete_image(dst_ctx, image)
-        except rbd.ImageNotFound:
-            pass
-        self.target.create_chain(dst_ctx, image, size, order)
 
     def _backup_stream(self, job, volume_file):
         """Back up a non-RBD volume (a plain file object), in a native thread.
@@ -272,8 +260,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         """
         options = self.engine_options()
         chunk = self.options.file_chunk_mib << 20
-        with self.target.connect() as (dst_client, dst_ctx):
-            parent, full_reason, parent_digests = self._usable_stream_parent(job, dst_ctx)
+        with self.target.session() as session:
+            parent, full_reason, parent_digests = self._usable_stream_parent(job, session)
             snap = naming.backup_snapshot(job.backup_id)
             plan = engine.Plan(to_snap=snap, size=job.size)
             if parent:
@@ -281,30 +269,27 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 plan.dest_from_snap = parent["target"]["snapshot"]
             else:
                 image = naming.chain_image(job.volume_id, job.backup_id)
-                self._recreate_chain(dst_ctx, image, job.size, 22)
+                session.new_chain(image, job.size, 22)
             digests = []
             records = _changed_chunks(engine.file_chunks(volume_file, job.size, chunk),
                                       chunk, digests, parent_digests)
-            with cluster.image(dst_ctx, image) as chain:
-                sink = self.target.sink(chain, parent is None, options)
+            with session.writing(image, parent is None, options) as sink:
                 stats = engine.apply_records(records, sink, plan, options.zero_granularity,
                                              lambda done, total: job.progress.update(
                                                  done=done, total=total))
-                snap_id = sink.snap_id
-            self.target.save_digests(dst_ctx, job.backup_id, b"".join(digests))
+            session.save_digests(image, job.backup_id, b"".join(digests))
             record = lineage.build(
                 backup_id=job.backup_id, volume_id=job.volume_id, pool=self.target.pool,
-                image=image, snapshot=snap, snap_id=snap_id,
-                method="stream-checksum" if parent else "stream-full",
-                target_fsid=dst_client.get_fsid(), source={"kind": "file", "chunk": chunk},
+                image=image, snapshot=snap, snap_id=sink.snap_id,
+                method="stream-checksum" if parent else "stream-full", target=self.target.name,
+                target_fsid=session.fsid, source={"kind": "file", "chunk": chunk},
                 parent=({"backup_id": job.parent_id, "snapshot": parent["target"]["snapshot"]}
                         if parent else None),
                 full_reason=full_reason, size=job.size, stats=stats.as_dict())
-            with cluster.image(dst_ctx, image) as chain:
-                self.target.save_lineage(chain, record, job.volume_metadata)
+            session.save_lineage(image, record, job.volume_metadata)
         return record
 
-    def _usable_stream_parent(self, job, dst_ctx):
+    def _usable_stream_parent(self, job, session):
         """(parent lineage, reason for a full, parent's chunk digests)."""
         if not job.parent_id:
             return None, None, None
@@ -312,41 +297,37 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None, "the parent backup has no lineage of this driver", None
         _pool, image, _snap = job.parent_location
         try:
-            with cluster.image(dst_ctx, image, read_only=True) as chain:
-                record = self.target.load_lineage(chain, job.parent_id)
+            record = session.load_lineage(image, job.parent_id)
         except cluster.ClusterError:
             return None, "the parent's chain image %s is gone" % image, None
-        digests = self.target.load_digests(dst_ctx, job.parent_id)
+        digests = session.load_digests(image, job.parent_id)
         if (record is None or not record["method"].startswith("stream-") or digests is None
                 or record["source"].get("chunk") != self.options.file_chunk_mib << 20):
             return None, "the parent has no chunk checksums to compare with", None
         return record, None, digests
 
-    def _write_chain(self, job, options, src_img, dst_ctx, image, plan, fresh):
+    def _write_chain(self, job, options, src_img, session, image, plan, fresh):
         def progress(done, total):
             job.progress.update(done=done, total=total)
 
-        with cluster.image(dst_ctx, image) as chain:
-            sink = self.target.sink(chain, fresh, options)
+        with session.writing(image, fresh, options) as sink:
             stats = engine.transfer(src_img, sink, plan, options, progress)
-            snap_id = sink.snap_id
         try:
-            verification = self._verify(src_img, dst_ctx, image, plan.dest_to, options)
+            verification = self._verify(src_img, session, image, plan.dest_to, options)
         except exception.BackupDriverException:
             # never leave a restore point that does not match its source
-            self.target.delete_backup(dst_ctx, image, plan.dest_to, job.backup_id)
+            session.delete_backup(image, plan.dest_to, job.backup_id)
             raise
         LOG.info("backup %s: %s changed, %s sent in %.1f s; verification: %s", job.backup_id,
                  stats.changed_bytes, stats.data_bytes, stats.seconds, verification)
-        return stats, snap_id, verification
+        return stats, sink.snap_id, verification
 
-    def _verify(self, src_img, dst_ctx, image, snap, options):
+    def _verify(self, src_img, session, image, snap, options):
         mode = self.options.verify
         if mode == "none":
             return {"mode": "none"}
         sample = self.options.verify_sample_objects if mode == "sample" else None
-        with cluster.image(dst_ctx, image, snapshot=snap, read_only=True) as written:
-            offset = engine.first_difference(src_img, written, options, sample=sample)
+        offset = session.verify(src_img, image, snap, options, sample=sample)
         if offset is not None:
             raise exception.BackupDriverException(
                 reason="verification failed: %s@%s differs from the source at offset %d"
@@ -406,10 +387,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             pool, image, snap = lineage.parse_compact(backup.service_metadata)
         except lineage.InvalidLineage as exc:
             raise exception.InvalidBackup(reason=str(exc)) from None
-        if pool != self.target.pool:
-            raise exception.InvalidBackup(
-                reason="backup %s lives in pool %s, not in the configured pool %s"
-                       % (backup.id, pool, self.target.pool))
+        self._check_configured(backup.id, lineage.compact_target(backup.service_metadata), pool)
         parsed = naming.parse_chain_image(image)
         if parsed is None or parsed[0] != backup.volume_id:
             raise exception.InvalidBackup(
@@ -417,36 +395,39 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                        % (backup.id, image, backup.volume_id))
         return pool, image, snap
 
+    def _check_configured(self, backup_id, target_name, pool):
+        """InvalidBackup unless a backup lives where this driver keeps backups."""
+        if (target_name, pool) != (self.target.name, self.target.pool):
+            raise exception.InvalidBackup(
+                reason="backup %s lives in %s target %s, not in the configured %s target %s"
+                       % (backup_id, target_name, pool, self.target.name, self.target.pool))
+
     def _restore_rbd(self, location, backup_id, volume, volume_file, volume_is_new,
                      to_original):
         _pool, image, snap = location
         options = self.engine_options()
         spec = self.source_spec(volume_file)
-        with self.target.connect() as (_client, dst_ctx), \
-                cluster.image(dst_ctx, image, snapshot=snap, read_only=True) as backup_img, \
+        with self.target.session() as session, \
+                session.restore_point(image, snap) as point, \
                 cluster.cluster(spec) as vol_client, \
                 cluster.ioctx(vol_client, volume_file.rbd_pool) as vol_ctx, \
                 cluster.image(vol_ctx, volume.name) as dest:
-            record = self.target.load_lineage(backup_img, backup_id) or {}
-            size = max(dest.size(), backup_img.size())
-            plan = engine.Plan(to_snap=None, size=size)
-            extents = None
+            changed = None
             if to_original:
-                extents = self._changed_since_backup(vol_client, dest, record, backup_img)
-            if extents is None and not volume_is_new:
-                extents = engine.allocated_chunks([backup_img, dest], options.chunk_size)
-            if extents is not None:
-                extents = _beyond_size_as_zero(extents, backup_img.size())
-            sink = rbd_target.ImageSink(dest, fresh=volume_is_new and extents is None,
-                                        force=True,
-                                        max_in_flight_ops=options.max_in_flight_ops,
-                                        max_in_flight_bytes=options.max_in_flight_bytes)
-            stats = engine.transfer(backup_img, sink, plan, options, extents=extents)
+                record = session.load_lineage(image, backup_id) or {}
+                changed = self._changed_since_backup(vol_client, dest, record)
+
+            def make_sink(fresh):
+                return rbd_target.ImageSink(dest, fresh=fresh, force=True,
+                                            max_in_flight_ops=options.max_in_flight_ops,
+                                            max_in_flight_bytes=options.max_in_flight_bytes)
+            stats = point.restore(make_sink, options, dest.size(), volume_is_new, changed,
+                                  dest_image=dest)
         LOG.info("restore of backup %s to volume %s: %d bytes read, %d written in %.1f s",
                  backup_id, volume.id, stats.changed_bytes, stats.data_bytes, stats.seconds)
 
     @staticmethod
-    def _changed_since_backup(vol_client, dest, record, backup_img):
+    def _changed_since_backup(vol_client, dest, record):
         """Extents to rewrite for an in-place restore, or None if not possible.
 
         Possible when the volume still holds the source snapshot of the backup
@@ -466,22 +447,15 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     def _restore_stream(self, location, volume_file, volume_size, volume_is_new):
         _pool, image, snap = location
-        options = self.engine_options()
-        with self.target.connect() as (_client, dst_ctx), \
-                cluster.image(dst_ctx, image, snapshot=snap, read_only=True) as backup_img:
-            sink = FileObjectSink(volume_file, fresh=volume_is_new)
-            size = backup_img.size()
-            extents = None if volume_is_new else [(0, size, True)]
-            engine.transfer(backup_img, sink, engine.Plan(to_snap=None, size=size), options,
-                            extents=extents)
-            if not volume_is_new and volume_size > size:
-                sink.zero(size, volume_size - size)
+        with self.target.session() as session, \
+                session.restore_point(image, snap) as point:
+            point.restore(lambda fresh: FileObjectSink(volume_file, fresh=fresh),
+                          self.engine_options(), volume_size, volume_is_new)
 
     def _volume_metadata(self, location, backup_id):
         _pool, image, _snap = location
-        with self.target.connect() as (_client, dst_ctx), \
-                cluster.image(dst_ctx, image, read_only=True) as chain:
-            return self.target.load_volume_metadata(chain, backup_id)
+        with self.target.session() as session:
+            return session.load_volume_metadata(image, backup_id)
 
     # -- delete --------------------------------------------------------------------
 
@@ -507,18 +481,17 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     def _delete_chain_snapshot(self, location, backup_id):
         _pool, image, snap = location
-        with self.target.connect() as (_client, dst_ctx):
+        with self.target.session() as session:
             record = None
-            with contextlib.suppress(cluster.ClusterError), \
-                    cluster.image(dst_ctx, image, read_only=True) as chain:
-                record = self.target.load_lineage(chain, backup_id)
-            self.target.delete_backup(dst_ctx, image, snap, backup_id)
+            with contextlib.suppress(cluster.ClusterError):
+                record = session.load_lineage(image, backup_id)
+            session.delete_backup(image, snap, backup_id)
         return record
 
     def _delete_attempt(self, chains, backup_id):
-        with self.target.connect() as (_client, dst_ctx):
+        with self.target.session() as session:
             for image in chains:
-                self.target.delete_attempt(dst_ctx, image, backup_id)
+                session.delete_attempt(image, backup_id)
 
     def _delete_attempt_source_snapshot(self, backup):
         """Remove the snapshot an unfinished backup may have taken of its volume."""
@@ -576,10 +549,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 reason="backup record describes backup %s, not %s"
                        % (record["backup_id"], backup.id))
         target = record["target"]
-        if target["pool"] != self.target.pool:
-            raise exception.InvalidBackup(
-                reason="backup record names pool %s, not the configured %s"
-                       % (target["pool"], self.target.pool))
+        self._check_configured(backup.id, target.get("name", "rbd"), target["pool"])
         if naming.parse_chain_image(target["image"])[0] != record["volume_id"]:
             raise exception.InvalidBackup(reason="backup record names another volume's chain")
         stored = run_native(self._read_lineage, (target["pool"], target["image"],
@@ -595,12 +565,11 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
     def _read_lineage(self, location, backup_id):
         _pool, image, snap = location
         try:
-            with self.target.connect() as (_client, dst_ctx), \
-                    cluster.image(dst_ctx, image, read_only=True) as chain:
-                if snap not in rbd_target.snapshot_names(chain):
+            with self.target.session() as session:
+                if snap not in session.snapshots(image):
                     raise exception.InvalidBackup(reason="snapshot %s@%s does not exist"
                                                   % (image, snap))
-                record = self.target.load_lineage(chain, backup_id)
+                record = session.load_lineage(image, backup_id)
         except cluster.ClusterError as exc:
             raise exception.InvalidBackup(reason=str(exc)) from None
         if record is None:
@@ -654,15 +623,3 @@ def _changed_chunks(chunks, chunk_size, digests, parent_digests):
             continue
         yield diffstream.DataRecord(offset, data)
 
-
-def _beyond_size_as_zero(extents, size):
-    """Clip extents at ``size``; what lies beyond reads as zero (exists=False)."""
-    clipped = []
-    for offset, length, exists in extents:
-        end = offset + length
-        if offset < size:
-            clipped.append((offset, min(end, size) - offset, exists))
-        if end > size:
-            start = max(offset, size)
-            clipped.append((start, end - start, False))
-    return clipped

@@ -9,7 +9,7 @@ volume it reproduces. It is stored in three places:
 * compact, in the backup's ``service_metadata``: Cinder stores that column
   as VARCHAR(255), too small for the full record, so it holds what restore
   and delete need to find the rest (``schema``, ``v``, ``pool``, ``image``,
-  ``snap``).
+  ``snap``; and ``t``, the target plugin, when it is not ``rbd``).
 """
 
 import json
@@ -20,6 +20,7 @@ SCHEMA = "rbd-incremental"
 VERSION = 1
 SERVICE_METADATA_LIMIT = 255
 METHODS = ("rbd-full", "rbd-diff", "stream-full", "stream-checksum")
+TARGETS = ("rbd", "file")
 
 
 class InvalidLineage(ValueError):
@@ -44,9 +45,11 @@ def build(*, backup_id, volume_id, pool, image, snapshot, snap_id, method, sourc
 def compact(record):
     """The part of ``record`` kept in ``service_metadata`` (at most 255 chars)."""
     target = record["target"]
-    text = json.dumps({"schema": SCHEMA, "v": VERSION, "pool": target["pool"],
-                       "image": target["image"], "snap": target["snapshot"]},
-                      separators=(",", ":"))
+    fields = {"schema": SCHEMA, "v": VERSION, "pool": target["pool"],
+              "image": target["image"], "snap": target["snapshot"]}
+    if target.get("name", "rbd") != "rbd":
+        fields["t"] = target["name"]
+    text = json.dumps(fields, separators=(",", ":"))
     if len(text) > SERVICE_METADATA_LIMIT:
         raise InvalidLineage("service metadata would exceed %d characters (Cinder's column "
                              "size): use a shorter pool name than %r"
@@ -54,12 +57,17 @@ def compact(record):
     return text
 
 
-def check_pool_fits(pool):
+def check_pool_fits(pool, target="rbd"):
     """Raise InvalidLineage if backups in ``pool`` would not fit service_metadata."""
     some_id = "00000000-0000-0000-0000-000000000000"
-    compact({"target": {"pool": naming.check_name(pool, "pool"),
+    compact({"target": {"name": target, "pool": naming.check_name(pool, "pool"),
                         "image": naming.chain_image(some_id, some_id),
                         "snapshot": naming.backup_snapshot(some_id, now=1e10 + 0.1234567)}})
+
+
+def compact_target(text):
+    """The target plugin named by ``service_metadata`` (call after parse_compact)."""
+    return json.loads(text).get("t", "rbd")
 
 
 def parse_compact(text):
@@ -102,6 +110,8 @@ def validate(record):
         naming.check_uuid(record["volume_id"], "volume_id")
         target = record["target"]
         naming.check_name(target["pool"], "target pool")
+        if target.get("name", "rbd") not in TARGETS:
+            raise InvalidLineage("unknown target %r" % (target.get("name"),))
         _check_image(target["image"])
         _check_snap(target["snapshot"])
         if record["method"] not in METHODS:

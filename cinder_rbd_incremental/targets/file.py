@@ -8,10 +8,28 @@ are written under a temporary name and renamed on commit, so a file with the
 final name is always complete.
 """
 
+import contextlib
+import json
+import logging
 import os
+import random
+import re
+import shutil
 import tempfile
 
-from cinder_rbd_incremental import diffstream, engine
+from cinder_rbd_incremental import cluster, diffstream, engine, naming
+from cinder_rbd_incremental.targets import base
+
+LOG = logging.getLogger(__name__)
+
+
+def fsync_directory(path):
+    """Make a rename in ``path`` durable (a crash must not undo a commit)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class DiffStreamSink(engine.Sink):
@@ -30,8 +48,14 @@ class DiffStreamSink(engine.Sink):
         lineage = None
         if plan.identity_from or plan.identity_to:
             lineage = {"from": plan.identity_from, "to": plan.identity_to}
-        self.writer.write_header(plan.from_snap, plan.to_snap, plan.size, lineage=lineage)
-        self._skip_zero = plan.from_snap is None
+        from_snap, to_snap = self._header_names(plan)
+        self.writer.write_header(from_snap, to_snap, plan.size, lineage=lineage)
+        self._skip_zero = from_snap is None
+
+    @staticmethod
+    def _header_names(plan):
+        """The snapshot names the diff's header carries (the source's)."""
+        return plan.from_snap, plan.to_snap
 
     def write(self, offset, data):
         self.writer.write_data(offset, data)
@@ -67,7 +91,260 @@ class DiffFileSink(DiffStreamSink):
         os.fsync(self.stream.fileno())
         self.stream.close()
         os.replace(self._tmp, self.path)
+        fsync_directory(os.path.dirname(os.path.abspath(self.path)))
 
     def abort(self):
         self.stream.close()
         os.unlink(self._tmp)
+
+
+DIFF_SUFFIX = ".diff"
+_DIFF_NAME_RE = re.compile(r"^([0-9]{6})\.(.+)\.diff$")
+
+
+class FileTarget(base.BackupTarget):
+    """The ``file`` backup target: a directory of RBD diff files per chain.
+
+    ``<dir>/<chain>/`` holds one diff per backup, named
+    ``<NNNNNN>.<snapshot>.diff`` where ``NNNNNN`` is its place in the chain:
+    the first is a full diff, each next one goes from the previous one's
+    snapshot to its own. A chain directory is always linear, so plain
+    ``rbd`` restores any point without this package::
+
+        rbd create --size <size> pool/restored
+        for f in <dir>/<chain>/*.diff; do rbd import-diff "$f" pool/restored; done
+
+    (stop after the file of the point wanted). Next to the diffs:
+    ``backup.<id>.json`` (the lineage), ``backup.<id>.volmeta``,
+    ``backup.<id>.digests``. Every file appears only complete (written
+    under a temporary name, synced, renamed), so nothing half-written ever
+    looks like a restore point. Meant for an offsite copy on an NFS mount.
+    """
+
+    name = "file"
+
+    def __init__(self, directory):
+        self.directory = os.path.abspath(directory)
+        self.pool = os.path.basename(self.directory)
+
+    @classmethod
+    def from_conf(cls, options):
+        return cls(options.file_target_dir)
+
+    @contextlib.contextmanager
+    def session(self):
+        yield FileSession(self.directory)
+
+    def check_setup(self):
+        if not os.path.isdir(self.directory):
+            raise cluster.ClusterError("file_target_dir %s is not a directory (create it, or "
+                                       "mount the share there)" % self.directory)
+        try:
+            _write_atomically(os.path.join(self.directory, ".probe"), b"ok")
+            os.unlink(os.path.join(self.directory, ".probe"))
+        except OSError as exc:
+            raise cluster.ClusterError("cannot write to file_target_dir %s: %s"
+                                       % (self.directory, exc.strerror)) from None
+
+
+class FileSession(base.TargetSession):
+    """Chains as directories of diff files under one directory."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def _path(self, chain, *names):
+        naming.check_name(chain, "chain")
+        return os.path.join(self.directory, chain, *names)
+
+    def _diffs(self, chain):
+        """``[(sequence, snapshot, path)]`` of ``chain`` in order."""
+        try:
+            names = os.listdir(self._path(chain))
+        except FileNotFoundError:
+            raise base.ChainNotFound("chain %s not found in %s" % (chain, self.directory)) \
+                from None
+        found = [(int(m.group(1)), m.group(2), self._path(chain, name))
+                 for name in names for m in [_DIFF_NAME_RE.match(name)] if m]
+        return sorted(found)
+
+    def _diff_of(self, chain, snap):
+        for entry in self._diffs(chain):
+            if entry[1] == snap:
+                return entry
+        raise base.ChainNotFound("no restore point %s in chain %s" % (snap, chain))
+
+    def snapshots(self, chain):
+        return [snap for _seq, snap, _path in self._diffs(chain)]
+
+    def new_chain(self, chain, size, order):
+        shutil.rmtree(self._path(chain), ignore_errors=True)
+        os.mkdir(self._path(chain))
+
+    @contextlib.contextmanager
+    def writing(self, chain, fresh, options):
+        yield ChainDiffSink(self, chain)
+
+    def verify(self, source_image, chain, snap, options, sample=None):
+        _seq, _snap, path = self._diff_of(chain, snap)
+        estimated_records = max(1, os.path.getsize(path) // options.chunk_size)
+        odds = 1.0 if sample is None else sample / estimated_records
+        with open(path, "rb") as stream:
+            for record in diffstream.DiffReader(stream):
+                if random.random() >= odds:
+                    continue
+                data = getattr(record, "data", None)
+                expected = source_image.read(record.offset, record.length)
+                if data is None:
+                    data = bytes(record.length)
+                if data != expected:
+                    return record.offset + next(
+                        i for i, (x, y) in enumerate(zip(data, expected, strict=True)) if x != y)
+        return None
+
+    @contextlib.contextmanager
+    def restore_point(self, chain, snap):
+        seq, _snap, _path = self._diff_of(chain, snap)
+        yield DiffChainRestorePoint([path for n, _s, path in self._diffs(chain) if n <= seq])
+
+    def save_lineage(self, chain, record, volume_metadata=None):
+        backup_id = record["backup_id"]
+        if volume_metadata:
+            _write_atomically(self._path(chain, "backup.%s.volmeta" % backup_id),
+                              volume_metadata.encode("utf-8"))
+        _write_atomically(self._path(chain, "backup.%s.json" % backup_id),
+                          json.dumps(record, sort_keys=True).encode("utf-8"))
+
+    def load_lineage(self, chain, backup_id):
+        self._diffs(chain)  # ChainNotFound without a chain
+        try:
+            return json.loads(_read(self._path(chain, "backup.%s.json" % backup_id)))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def load_volume_metadata(self, chain, backup_id):
+        with contextlib.suppress(FileNotFoundError):
+            return _read(self._path(chain, "backup.%s.volmeta" % backup_id)).decode("utf-8")
+        return None
+
+    def save_digests(self, chain, backup_id, digests):
+        _write_atomically(self._path(chain, "backup.%s.digests" % backup_id), digests)
+
+    def load_digests(self, chain, backup_id):
+        with contextlib.suppress(FileNotFoundError, base.ChainNotFound):
+            return _read(self._path(chain, "backup.%s.digests" % backup_id))
+        return None
+
+    def delete_backup(self, chain, snap, backup_id):
+        try:
+            diffs = self._diffs(chain)
+        except base.ChainNotFound:
+            LOG.info("chain %s is already gone", chain)
+            return
+        for _seq, name, path in diffs:
+            if name == snap:
+                os.unlink(path)
+        self._remove_records(chain, backup_id)
+        if not self._diffs(chain):
+            LOG.info("removing chain directory %s: no backup left in it", self._path(chain))
+            shutil.rmtree(self._path(chain), ignore_errors=True)
+
+    def delete_attempt(self, chain, backup_id):
+        try:
+            diffs = self._diffs(chain)
+        except base.ChainNotFound:
+            return
+        for _seq, snap, path in diffs:
+            if naming.parse_backup_snapshot(snap) == backup_id:
+                os.unlink(path)
+        self._remove_records(chain, backup_id)
+        if not self._diffs(chain):
+            shutil.rmtree(self._path(chain), ignore_errors=True)
+
+    def _remove_records(self, chain, backup_id):
+        """The backup's records, and temporary files an interrupted write left."""
+        for name in os.listdir(self._path(chain)):
+            leftover = name.startswith(".") and backup_id in name
+            if leftover or name.startswith("backup.%s." % backup_id):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path(chain, name))
+
+
+class ChainDiffSink(DiffFileSink):
+    """Append a restore point to a chain directory as a v1 diff file.
+
+    ``begin`` refuses a diff that would not continue the chain from its
+    newest restore point (the chain stays linear, so replaying its files in
+    order is always right) and one whose end point is there already.
+    """
+
+    def __init__(self, session, chain):
+        self.session = session
+        self.chain = chain
+        self.snap_id = None
+        self._begun = False
+
+    def begin(self, plan):
+        diffs = self.session._diffs(self.chain)
+        names = [snap for _seq, snap, _path in diffs]
+        if plan.dest_to in names:
+            raise engine.AlreadyApplied("chain %s already has %s" % (self.chain, plan.dest_to))
+        newest = names[-1] if names else None
+        if newest != plan.dest_from:
+            raise engine.StateError(
+                "chain %s ends at %s, not at %s: the diff does not continue it"
+                % (self.chain, newest or "nothing", plan.dest_from or "nothing"))
+        self.snap_id = len(diffs) + 1
+        path = self.session._path(self.chain, "%06d.%s%s" % (self.snap_id, plan.dest_to,
+                                                            DIFF_SUFFIX))
+        super().__init__(path, version=1)
+        self._begun = True
+        super().begin(plan)
+
+    @staticmethod
+    def _header_names(plan):
+        return plan.dest_from, plan.dest_to
+
+    def abort(self):
+        if self._begun:
+            super().abort()
+
+
+class DiffChainRestorePoint(base.RestorePoint):
+    """A restore point of a diff chain: its files replayed in order."""
+
+    def __init__(self, paths):
+        self.paths = paths
+        with open(paths[-1], "rb") as stream:
+            self.size = diffstream.DiffReader(stream).header.size
+
+    def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None):
+        """Each diff through its own sink: a sink's commit waits for all its
+        writes, so a later diff's write never races an earlier one's."""
+        plan = engine.Plan(to_snap=None, size=max(dest_size, self.size))
+        stats = engine.Stats()
+        if not fresh:  # whatever the diffs do not write must read as zero
+            engine.apply_records([diffstream.ZeroRecord(0, plan.size)], make_sink(False), plan,
+                                 options.zero_granularity)
+        for index, path in enumerate(self.paths):
+            with open(path, "rb") as stream:
+                done = engine.apply_records(diffstream.DiffReader(stream), make_sink(
+                    fresh and index == 0), plan, options.zero_granularity)
+            stats.data_bytes += done.data_bytes
+            stats.changed_bytes += done.changed_bytes
+            stats.seconds += done.seconds
+        return stats
+
+
+def _write_atomically(path, data):
+    tmp = "%s/.%s.tmp" % os.path.split(path)
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def _read(path):
+    with open(path, "rb") as stream:
+        return stream.read()

@@ -23,6 +23,7 @@ import rbd
 import tenacity
 
 from cinder_rbd_incremental import cluster, engine, naming
+from cinder_rbd_incremental.targets import base
 
 LOG = logging.getLogger(__name__)
 META_PREFIX = "rbd_incremental."
@@ -205,7 +206,17 @@ def digests_object(backup_id):
     return META_PREFIX + "digests." + backup_id
 
 
-class RBDTarget:
+def delete_image(ctx, name):
+    """Remove an image and its snapshots; rbd.ImageNotFound if there is none."""
+    with rbd.Image(ctx, name) as img:
+        for snap in img.list_snaps():
+            if img.is_protected_snap(snap["name"]):
+                img.unprotect_snap(snap["name"])
+            img.remove_snap(snap["name"])
+    rbd.RBD().remove(ctx, name)
+
+
+class RBDTarget(base.BackupTarget):
     """The ``rbd`` backup target: one chain image per chain of backups.
 
     A chain image lives in a pool on the backup cluster and holds one
@@ -215,6 +226,7 @@ class RBDTarget:
     """
 
     name = "rbd"
+    delete_image = staticmethod(delete_image)
 
     def __init__(self, spec, pool):
         self.spec = spec
@@ -222,88 +234,143 @@ class RBDTarget:
 
     @classmethod
     def from_conf(cls, options):
-        """Build from the driver's ``[backup_rbd_incremental]`` options."""
         spec = cluster.ClusterSpec(conf=options.backup_ceph_conf, user=options.backup_ceph_user,
                                    keyring=options.backup_ceph_keyring,
                                    connect_timeout=options.connect_timeout,
                                    op_timeout=options.op_timeout)
         return cls(spec, options.backup_ceph_pool)
 
-    def connect(self):
-        """Context manager: ``(client, ioctx)`` on the backup pool."""
-        return _connected_pool(self.spec, self.pool)
+    @contextlib.contextmanager
+    def session(self):
+        with cluster.cluster(self.spec) as client, cluster.ioctx(client, self.pool) as ctx:
+            yield RBDSession(client, ctx)
 
     def check_setup(self):
         """Connect and prove the user can write to the pool; ClusterError otherwise."""
-        with self.connect() as (_client, ctx):
+        with self.session() as session:
             probe = META_PREFIX + "probe"
             try:
-                ctx.write_full(probe, b"ok")
-                ctx.remove_object(probe)
+                session.ctx.write_full(probe, b"ok")
+                session.ctx.remove_object(probe)
             except rados.PermissionError:
                 raise cluster.ClusterError(
                     "client.%s cannot write to pool %s: give it 'profile rbd pool=%s'"
                     % (self.spec.user, self.pool, self.pool)) from None
 
-    @staticmethod
-    def create_chain(ctx, name, size, order):
-        cluster.create_image_like(ctx, name, size, order=order)
 
-    @staticmethod
-    def delete_image(ctx, name):
-        """Remove an image and its snapshots; rbd.ImageNotFound if there is none."""
-        with rbd.Image(ctx, name) as img:
-            for snap in img.list_snaps():
-                if img.is_protected_snap(snap["name"]):
-                    img.unprotect_snap(snap["name"])
-                img.remove_snap(snap["name"])
-        rbd.RBD().remove(ctx, name)
+class RBDSession(base.TargetSession):
+    """Chains as images in one pool of the backup cluster."""
 
-    @staticmethod
-    def sink(img, fresh, options):
-        """A sink that rolls back what an interrupted earlier attempt left on HEAD."""
-        return ImageSink(img, fresh=fresh, rollback=True,
-                         max_in_flight_ops=options.max_in_flight_ops,
-                         max_in_flight_bytes=options.max_in_flight_bytes)
+    def __init__(self, client, ctx):
+        self.client = client
+        self.ctx = ctx
+        self.fsid = client.get_fsid()
 
-    @staticmethod
-    def save_lineage(img, record, volume_metadata=None):
-        img.metadata_set(backup_meta_key(record["backup_id"]), json.dumps(record, sort_keys=True))
-        if volume_metadata:
-            img.metadata_set(volume_meta_key(record["backup_id"]), volume_metadata)
-
-    @staticmethod
-    def load_lineage(img, backup_id):
-        return get_meta_json(img, backup_meta_key(backup_id))
-
-    @staticmethod
-    def load_volume_metadata(img, backup_id):
+    @contextlib.contextmanager
+    def _chain(self, chain, snapshot=None, read_only=False):
         try:
-            return img.metadata_get(volume_meta_key(backup_id))
-        except KeyError:
+            img = rbd.Image(self.ctx, chain, snapshot=snapshot, read_only=read_only)
+        except rbd.ImageNotFound:
+            raise base.ChainNotFound("%s/%s%s not found" % (
+                self.ctx.get_pool_name(), chain, "@" + snapshot if snapshot else "")) from None
+        with img:
+            yield img
+
+    def snapshots(self, chain):
+        with self._chain(chain, read_only=True) as img:
+            return snapshot_names(img)
+
+    def new_chain(self, chain, size, order):
+        with contextlib.suppress(rbd.ImageNotFound):
+            delete_image(self.ctx, chain)
+        cluster.create_image_like(self.ctx, chain, size, order=order)
+
+    @contextlib.contextmanager
+    def writing(self, chain, fresh, options):
+        """An :class:`ImageSink` that rolls back what an interrupted earlier
+        attempt left on the chain's HEAD."""
+        with self._chain(chain) as img:
+            yield ImageSink(img, fresh=fresh, rollback=True,
+                            max_in_flight_ops=options.max_in_flight_ops,
+                            max_in_flight_bytes=options.max_in_flight_bytes)
+
+    def verify(self, source_image, chain, snap, options, sample=None):
+        with self._chain(chain, snapshot=snap, read_only=True) as written:
+            return engine.first_difference(source_image, written, options, sample=sample)
+
+    @contextlib.contextmanager
+    def restore_point(self, chain, snap):
+        with self._chain(chain, snapshot=snap, read_only=True) as img:
+            yield ImageRestorePoint(img)
+
+    def save_lineage(self, chain, record, volume_metadata=None):
+        with self._chain(chain) as img:
+            img.metadata_set(backup_meta_key(record["backup_id"]),
+                             json.dumps(record, sort_keys=True))
+            if volume_metadata:
+                img.metadata_set(volume_meta_key(record["backup_id"]), volume_metadata)
+
+    def load_lineage(self, chain, backup_id):
+        with self._chain(chain, read_only=True) as img:
+            return get_meta_json(img, backup_meta_key(backup_id))
+
+    def load_volume_metadata(self, chain, backup_id):
+        with self._chain(chain, read_only=True) as img:
+            try:
+                return img.metadata_get(volume_meta_key(backup_id))
+            except KeyError:
+                return None
+
+    def save_digests(self, chain, backup_id, digests):
+        """Kept in a RADOS object of the pool, named after the backup."""
+        self.ctx.write_full(digests_object(backup_id), digests)
+
+    def load_digests(self, chain, backup_id):
+        name = digests_object(backup_id)
+        try:
+            size, _mtime = self.ctx.stat(name)
+            return self.ctx.read(name, size) if size else b""
+        except rados.ObjectNotFound:
             return None
 
-    def delete_attempt(self, ctx, image_name, backup_id):
-        """Remove what an unfinished backup may have left in ``image_name``:
-        its snapshots, its records, and the image itself if the attempt
-        created it (the chain carries the backup's id) and nothing else is in it."""
+    def delete_backup(self, chain, snap, backup_id):
+        with contextlib.suppress(rados.ObjectNotFound):
+            self.ctx.remove_object(digests_object(backup_id))
         try:
-            with rbd.Image(ctx, image_name, read_only=True) as img:
-                mine = [name for name in snapshot_names(img)
-                        if naming.parse_backup_snapshot(name) == backup_id]
+            img = rbd.Image(self.ctx, chain)
         except rbd.ImageNotFound:
+            LOG.info("chain image %s is already gone", chain)
+            return
+        with img:
+            if snap in snapshot_names(img):
+                img.remove_snap(snap)
+            else:
+                LOG.info("snapshot %s@%s is already gone", chain, snap)
+            for key in (backup_meta_key(backup_id), volume_meta_key(backup_id),
+                        snap_meta_key(snap)):
+                with contextlib.suppress(KeyError):
+                    img.metadata_remove(key)
+            left = snapshot_names(img)
+        if not left:
+            LOG.info("removing chain image %s: no backup left in it", chain)
+            rbd.RBD().remove(self.ctx, chain)
+
+    def delete_attempt(self, chain, backup_id):
+        try:
+            mine = [name for name in self.snapshots(chain)
+                    if naming.parse_backup_snapshot(name) == backup_id]
+        except base.ChainNotFound:
             return
         for snap in mine:
-            self.delete_backup(ctx, image_name, snap, backup_id)
-        self._undo_pending(ctx, image_name, backup_id)
-        own_chain = (naming.parse_chain_image(image_name) or (None, None))[1] == backup_id
+            self.delete_backup(chain, snap, backup_id)
+        self._undo_pending(chain, backup_id)
+        own_chain = (naming.parse_chain_image(chain) or (None, None))[1] == backup_id
         if own_chain and not mine:
-            LOG.info("removing chain image %s left by an unfinished backup", image_name)
+            LOG.info("removing chain image %s left by an unfinished backup", chain)
             with contextlib.suppress(rbd.ImageNotFound):
-                self.delete_image(ctx, image_name)
+                delete_image(self.ctx, chain)
 
-    @staticmethod
-    def _undo_pending(ctx, image_name, backup_id):
+    def _undo_pending(self, chain, backup_id):
         """Roll back what an interrupted transfer of ``backup_id`` wrote to HEAD.
 
         Best effort: the writes only take space (no snapshot marks them as a
@@ -312,66 +379,50 @@ class RBDTarget:
         makes librbd refuse the rollback: that is logged, not an error.
         """
         try:
-            with rbd.Image(ctx, image_name) as img:
+            with rbd.Image(self.ctx, chain) as img:
                 pending = get_meta_json(img, PENDING_KEY) or {}
                 if naming.parse_backup_snapshot(pending.get("to_snap")) != backup_id:
                     return
-                base = pending.get("from_snap")
-                if base in snapshot_names(img):
+                base_snap = pending.get("from_snap")
+                if base_snap in snapshot_names(img):
                     LOG.info("rolling %s back to %s: undoing an interrupted backup",
-                             image_name, base)
-                    rollback(img, base)
+                             chain, base_snap)
+                    rollback(img, base_snap)
                 img.metadata_remove(PENDING_KEY)
         except rbd.ImageNotFound:
             pass
         except rbd.Error as exc:
             LOG.warning("could not undo the interrupted writes of backup %s on %s (the next "
-                        "backup of this chain will): %s", backup_id, image_name, exc)
-
-    @staticmethod
-    def save_digests(ctx, backup_id, digests):
-        """Chunk checksums of a non-RBD volume's backup (a RADOS object in the pool)."""
-        ctx.write_full(digests_object(backup_id), digests)
-
-    @staticmethod
-    def load_digests(ctx, backup_id):
-        name = digests_object(backup_id)
-        try:
-            size, _mtime = ctx.stat(name)
-            return ctx.read(name, size) if size else b""
-        except rados.ObjectNotFound:
-            return None
-
-    def delete_backup(self, ctx, image_name, snap_name, backup_id):
-        """Remove a backup's snapshot and records; the image once no snapshot is left.
-
-        Idempotent: pieces already gone are logged, not errors.
-        """
-        with contextlib.suppress(rados.ObjectNotFound):
-            ctx.remove_object(digests_object(backup_id))
-        try:
-            img = rbd.Image(ctx, image_name)
-        except rbd.ImageNotFound:
-            LOG.info("chain image %s/%s is already gone", self.pool, image_name)
-            return
-        with img:
-            if snap_name in snapshot_names(img):
-                img.remove_snap(snap_name)
-            else:
-                LOG.info("snapshot %s@%s is already gone", image_name, snap_name)
-            for key in (backup_meta_key(backup_id), volume_meta_key(backup_id),
-                        snap_meta_key(snap_name)):
-                try:
-                    img.metadata_remove(key)
-                except KeyError:
-                    pass
-            left = snapshot_names(img)
-        if not left:
-            LOG.info("removing chain image %s/%s: no backup left in it", self.pool, image_name)
-            rbd.RBD().remove(ctx, image_name)
+                        "backup of this chain will): %s", backup_id, chain, exc)
 
 
-@contextlib.contextmanager
-def _connected_pool(spec, pool):
-    with cluster.cluster(spec) as client, cluster.ioctx(client, pool) as ctx:
-        yield client, ctx
+class ImageRestorePoint(base.RestorePoint):
+    """A chain image open at a backup's snapshot: read in parallel, at random."""
+
+    def __init__(self, img):
+        self.image = img
+        self.size = img.size()
+
+    def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None):
+        plan = engine.Plan(to_snap=None, size=max(dest_size, self.size))
+        extents = changed
+        if extents is None and not fresh:
+            extents = (engine.allocated_chunks([self.image, dest_image], options.chunk_size)
+                       if dest_image is not None else [(0, plan.size, True)])
+        if extents is not None:
+            extents = beyond_size_as_zero(extents, self.size)
+        return engine.transfer(self.image, make_sink(fresh and changed is None), plan,
+                               options, extents=extents)
+
+
+def beyond_size_as_zero(extents, size):
+    """Clip extents at ``size``; what lies beyond reads as zero (exists=False)."""
+    clipped = []
+    for offset, length, exists in extents:
+        end = offset + length
+        if offset < size:
+            clipped.append((offset, min(end, size) - offset, exists))
+        if end > size:
+            start = max(offset, size)
+            clipped.append((start, end - start, False))
+    return clipped
