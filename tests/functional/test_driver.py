@@ -57,6 +57,20 @@ class DriverTestCase(unittest.TestCase):
         with self.env.volume_image(volume, read_only=True) as img:
             return image_sha256(img)
 
+    # -- what depends on the target (overridden by the file target's tests) ------
+
+    def chain_exists(self, name):
+        return self.env.chain_exists(name)
+
+    def dirty_chain(self, name):
+        """Leave what an interrupted import leaves: writes on the chain's HEAD."""
+        with self.env.chain_image(name) as chain:
+            chain.write(b"junk" * 1024, 0)
+
+    def leave_unfinished_chain(self, name):
+        with self.env.secondary() as ctx:
+            cluster.create_image_like(ctx, name, 1 << 30)
+
     # -- tests -------------------------------------------------------------------
 
     def test_chain_backup_restore_delete(self):
@@ -96,7 +110,7 @@ class DriverTestCase(unittest.TestCase):
         for backup in reversed(backups):
             self.driver.delete_backup(backup)
             self.driver.delete_backup(backup)  # idempotent
-        self.assertFalse(self.env.chain_exists(image))
+        self.assertFalse(self.chain_exists(image))
         with self.env.volume_image(volume, read_only=True) as img:
             self.assertEqual([], [s["name"] for s in img.list_snaps()])
 
@@ -133,9 +147,8 @@ class DriverTestCase(unittest.TestCase):
         self.assertEqual("rbd-full", record["method"])
         self.assertNotEqual(self.env.location(first)[1], self.env.location(second)[1])
         self.assertTrue(self.env.user_messages(volume))
-        # dirty the chain HEAD (an interrupted import) : the next one still works
-        with self.env.chain_image(self.env.location(second)[1]) as chain:
-            chain.write(b"junk" * 1024, 0)
+        # an interrupted attempt left junk in the chain: the next one still works
+        self.dirty_chain(self.env.location(second)[1])
         self.write(volume)
         third = self.backup(volume, parent=second)
         self.assertEqual(second.id, third.parent_id)
@@ -252,12 +265,11 @@ class DriverTestCase(unittest.TestCase):
         self.write(volume)
         backup = self.env.create_backup(volume, None, None)
         image = naming.chain_image(volume.id, backup.id)
-        with self.env.secondary() as ctx:
-            cluster.create_image_like(ctx, image, 1 << 30)
+        self.leave_unfinished_chain(image)
         backup.status = "error"
         backup.save()
         self.driver.delete_backup(backup)
-        self.assertFalse(self.env.chain_exists(image))
+        self.assertFalse(self.chain_exists(image))
 
 
 def image_sha256(img, chunk=4 << 20):
