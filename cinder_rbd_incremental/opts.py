@@ -23,7 +23,11 @@ backup_cluster_opts = [
     cfg.StrOpt("backup_ceph_pool", default="backups",
                help="Pool on the backup cluster that holds the chain images."),
     cfg.StrOpt("file_target_dir", default="/var/lib/cinder/backup-diffs",
-               help="Directory of diff files for target = file (e.g. an NFS mount)."),
+               help="Directory for target = file (e.g. an NFS mount for an offsite copy). "
+                    "Each chain is a subdirectory of RBD diff files, NNNNNN.<snapshot>.diff, "
+                    "that `rbd import-diff` applies in order; its name (the last path "
+                    "component) is recorded as the backups' container, so keep it when "
+                    "moving the mount. Must exist and be writable by cinder-backup."),
 ]
 
 source_cluster_opts = [
