@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import logging
 
+import rados
 import rbd
 from cinder import exception, objects
 from cinder import utils as cinder_utils
@@ -93,6 +94,18 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         self.target = load_target(self.options)
         self.message_api = message_api.API()
 
+    def _native(self, func, *args):
+        """:func:`run_native`, a permission error turned into one line that
+        names the capabilities this driver needs."""
+        try:
+            return run_native(func, *args)
+        except (rados.PermissionError, rbd.PermissionError) as exc:
+            raise exception.BackupDriverException(reason=(
+                "permission denied (%s): the volume cluster's user needs 'profile rbd "
+                "pool=<volume pool>', client.%s on the backup cluster 'profile rbd pool=%s'"
+                % (exc, self.options.backup_ceph_user, self.options.backup_ceph_pool))) \
+                from None
+
     # -- set-up ----------------------------------------------------------------
 
     def check_for_setup_error(self):
@@ -128,9 +141,9 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         job = self._backup_job(backup, volume, volume_file)
         with self._progress_notifications(backup, job.progress):
             if hasattr(volume_file, "rbd_image"):
-                record = run_native(self._backup_rbd, job)
+                record = self._native(self._backup_rbd, job)
             else:
-                record = run_native(self._backup_stream, job, volume_file)
+                record = self._native(self._backup_stream, job, volume_file)
         return self._finish_backup(backup, volume, record)
 
     def _backup_job(self, backup, volume, volume_file):
@@ -373,12 +386,12 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         original = objects.Volume.get_by_id(self.context, backup.volume_id) \
             if volume_id == backup.volume_id else None
         if hasattr(volume_file, "rbd_image"):
-            run_native(self._restore_rbd, location, backup.id, volume, volume_file,
+            self._native(self._restore_rbd, location, backup.id, volume, volume_file,
                        volume_is_new, original is not None)
         else:
-            run_native(self._restore_stream, location, volume_file, volume.size << 30,
+            self._native(self._restore_stream, location, volume_file, volume.size << 30,
                        volume_is_new)
-        metadata = run_native(self._volume_metadata, location, backup.id)
+        metadata = self._native(self._volume_metadata, location, backup.id)
         if metadata:
             self.put_metadata(volume_id, metadata)
 
@@ -468,16 +481,16 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             parent = self._parent_location(backup.parent) if backup.parent_id else None
             if parent:
                 chains.append(parent[1])
-            run_native(self._delete_attempt, chains, backup.id)
+            self._native(self._delete_attempt, chains, backup.id)
             self._delete_attempt_source_snapshot(backup)
             return
         if (naming.parse_chain_image(location[1]) or (None,))[0] != backup.volume_id:
             LOG.error("backup %s names chain image %s of another volume: not touching it",
                       backup.id, location[1])
             return
-        record = run_native(self._delete_chain_snapshot, location, backup.id)
+        record = self._native(self._delete_chain_snapshot, location, backup.id)
         if record:
-            run_native(self._delete_source_snapshot, record)
+            self._native(self._delete_source_snapshot, record)
 
     def _delete_chain_snapshot(self, location, backup_id):
         _pool, image, snap = location
@@ -499,7 +512,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             volume = objects.Volume.get_by_id(self.context, backup.volume_id)
         except exception.VolumeNotFound:
             return  # deleting the volume removed its backup snapshots
-        run_native(self._remove_backup_snapshots, volume.name, backup.id)
+        self._native(self._remove_backup_snapshots, volume.name, backup.id)
 
     def _remove_backup_snapshots(self, image_name, backup_id):
         try:
@@ -531,7 +544,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     def export_record(self, backup):
         location = self._location(backup)
-        record = run_native(self._read_lineage, location, backup.id)
+        record = self._native(self._read_lineage, location, backup.id)
         return {"lineage": record}
 
     def import_record(self, backup, driver_info):
@@ -552,7 +565,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         self._check_configured(backup.id, target.get("name", "rbd"), target["pool"])
         if naming.parse_chain_image(target["image"])[0] != record["volume_id"]:
             raise exception.InvalidBackup(reason="backup record names another volume's chain")
-        stored = run_native(self._read_lineage, (target["pool"], target["image"],
+        stored = self._native(self._read_lineage, (target["pool"], target["image"],
                                                  target["snapshot"]), record["backup_id"])
         if stored != record:
             raise exception.InvalidBackup(
