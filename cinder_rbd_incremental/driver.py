@@ -44,6 +44,7 @@ from oslo_service import loopingcall
 from stevedore import driver as stevedore_driver
 
 from cinder_rbd_incremental import cluster, diffstream, engine, lineage, naming, opts
+from cinder_rbd_incremental.targets import base as target_base
 from cinder_rbd_incremental.targets import rbd as rbd_target
 
 LOG = logging.getLogger(__name__)
@@ -488,7 +489,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             LOG.error("backup %s names chain image %s of another volume: not touching it",
                       backup.id, location[1])
             return
-        record = self._native(self._delete_chain_snapshot, location, backup.id)
+        try:
+            record = self._native(self._delete_chain_snapshot, location, backup.id)
+        except target_base.ChainInUse as exc:
+            raise exception.InvalidBackup(reason=str(exc)) from None
         if record:
             self._native(self._delete_source_snapshot, record)
 

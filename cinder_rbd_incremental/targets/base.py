@@ -20,6 +20,10 @@ class ChainNotFound(cluster.ClusterError):
     """The chain (or the restore point asked for) does not exist."""
 
 
+class ChainInUse(cluster.ClusterError):
+    """Removing this restore point would make others unrestorable."""
+
+
 class BackupTarget(abc.ABC):
     """A place where chains of backups live.
 

@@ -241,8 +241,12 @@ class FileSession(base.TargetSession):
         except base.ChainNotFound:
             LOG.info("chain %s is already gone", chain)
             return
-        for _seq, name, path in diffs:
+        for index, (_seq, name, path) in enumerate(diffs):
             if name == snap:
+                if index != len(diffs) - 1:
+                    # later diffs start from this one: removing it loses them
+                    raise base.ChainInUse("%s is not the newest backup of chain %s: delete "
+                                          "the backups after it first" % (snap, chain))
                 os.unlink(path)
         self._remove_records(chain, backup_id)
         if not self._diffs(chain):

@@ -78,3 +78,15 @@ class FileTargetDriverTestCase(test_driver.DriverTestCase):
         target = self.new_volume()
         self.restore(third, target, volume_is_new=True)
         self.assertEqual(self.checksum(volume), self.checksum(target))
+
+    def test_a_backup_with_later_ones_in_its_chain_is_not_deleted(self):
+        volume = self.new_volume()
+        self.write(volume)
+        first = self.backup(volume)
+        self.write(volume)
+        second = self.backup(volume, parent=first)
+        with self.assertRaises(exception.InvalidBackup):
+            self.driver.delete_backup(first)  # Cinder refuses that too
+        target = self.new_volume()
+        self.restore(second, target, volume_is_new=True)
+        self.assertEqual(self.checksum(volume), self.checksum(target))
