@@ -244,31 +244,42 @@ def counters_delta(before, after):
             for name in before}
 
 
-def run_measured(cmds, clusters=(), timeout=1800, label=None):
-    """Run ``cmds`` as a pipeline (each one's stdout into the next one's stdin).
+def run_measured(cmds, clusters=(), timeout=1800, label=None, pipelines=None):
+    """Run ``cmds`` as a pipeline (each one's stdout into the next one's stdin);
+    or several pipelines at once (``pipelines``: a list of such ``cmds``).
 
     Returns wall seconds, per-process CPU (user, sys) and peak RSS from
     ``os.wait4``, the ``RUSAGE_CHILDREN`` CPU delta (a cross-check) and the
     OSD counter deltas of ``clusters``. Raises BenchError when a process fails.
     """
+    pipelines = pipelines or [cmds]
+    cmds = [cmd for pipeline in pipelines for cmd in pipeline]
+    # Each command through rusage_exec.py: its own peak RSS, not the bench's.
+    usage_files = [tempfile.NamedTemporaryFile(prefix="rbdinc-bench-rusage-", delete=False)
+                   for _ in cmds]
+    wrapped = iter([sys.executable, "-I", "-S", str(Path(__file__).with_name("rusage_exec.py")),
+                    f.name, "--"] + cmd for f, cmd in zip(usage_files, cmds, strict=True))
+    pipelines = [[next(wrapped) for _ in pipeline] for pipeline in pipelines]
     before = counters_snapshot(clusters)
     ru_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     procs, errs = [], []
     out_file = tempfile.TemporaryFile()
     started = time.monotonic()
-    prev = None
     try:
-        for i, cmd in enumerate(cmds):
-            err = tempfile.TemporaryFile()
-            errs.append(err)
-            last = i == len(cmds) - 1
-            proc = subprocess.Popen(cmd, stdin=prev.stdout if prev else subprocess.DEVNULL,
-                                    stdout=out_file if last else subprocess.PIPE,
-                                    stderr=err)
-            if prev is not None:
-                prev.stdout.close()
-            procs.append(proc)
-            prev = proc
+        for pipeline in pipelines:
+            prev = None
+            for i, cmd in enumerate(pipeline):
+                err = tempfile.TemporaryFile()
+                errs.append(err)
+                last = i == len(pipeline) - 1
+                proc = subprocess.Popen(cmd,
+                                        stdin=prev.stdout if prev else subprocess.DEVNULL,
+                                        stdout=out_file if last else subprocess.PIPE,
+                                        stderr=err)
+                if prev is not None:
+                    prev.stdout.close()
+                procs.append(proc)
+                prev = proc
     except BaseException:
         for proc in procs:
             proc.kill()
@@ -291,10 +302,19 @@ def run_measured(cmds, clusters=(), timeout=1800, label=None):
     out = {"label": label, "wall": wall, "procs": [], "cpu_user": 0.0, "cpu_sys": 0.0,
            "stdout": out_file.read(4000).decode(errors="replace")}
     out_file.close()
-    for (proc, usage), err, cmd in zip(results, errs, cmds, strict=True):
+    for (proc, usage), err, cmd, usage_file in zip(results, errs, cmds, usage_files,
+                                                    strict=True):
         err.seek(0)
         stderr = err.read().decode(errors="replace")
         err.close()
+        try:
+            own = json.loads(Path(usage_file.name).read_text())
+            usage = resource.struct_rusage((own["user"], own["sys"], own["maxrss_kib"])
+                                           + (0,) * 13)
+        except (OSError, ValueError, KeyError):
+            pass  # the launcher's own figures (its child included)
+        usage_file.close()
+        os.unlink(usage_file.name)
         out["procs"].append({"cmd": os.path.basename(cmd[0]) + " " + cmd[1 if len(cmd) > 1 else 0],
                              "rc": proc.returncode, "user": usage.ru_utime,
                              "sys": usage.ru_stime, "maxrss_mib": usage.ru_maxrss / 1024,
@@ -305,6 +325,11 @@ def run_measured(cmds, clusters=(), timeout=1800, label=None):
     out["cpu_children_delta"] = ((ru_after.ru_utime + ru_after.ru_stime)
                                  - (ru_before.ru_utime + ru_before.ru_stime))
     out["maxrss_mib"] = max(p["maxrss_mib"] for p in out["procs"])
+    if len(pipelines) > 1:  # one process per role: the peak of each role
+        width = len(pipelines[0])
+        out["procs"] = [dict(out["procs"][i], maxrss_mib=max(
+            p["maxrss_mib"] for p in out["procs"][i::width])) for i in range(width)] + [
+            p for p in out["procs"] if p["rc"] != 0]
     out["osd"] = counters_delta(before, after) if clusters else {}
     failed = [p for p in out["procs"] if p["rc"] != 0]
     if failed:

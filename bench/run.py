@@ -1,48 +1,61 @@
 #!/usr/bin/env python3
-"""Benchmark ``rbd-incremental`` against ``rbd export-diff | rbd import-diff``.
+"""Benchmark ``rbd-incremental`` and the driver against the rbd pipe, Cinder's
+stock Ceph backup driver and the hardware ceiling.
 
-Runs on the two sandbox clusters (``tools/sandbox up``): the source image lives in
-``volumes`` on the primary, copies go to ``backups`` on the secondary. Every
-measurement runs the tools as child processes and records wall time, CPU
-(user+sys of each process, from ``os.wait4``), peak RSS, the bytes the secondary
-OSD received (``op_in_bytes``) and the CPU the OSDs spent. Ours and the pipe
-alternate (ABBA) within one run; the tables show medians of ``--runs``.
+Runs on the two sandbox clusters (``tools/sandbox up``): volumes live in
+``volumes`` on the primary, backups go to ``backups`` on the secondary. Tools:
 
-Scenarios:
+* ``pipe``: ``rbd export-diff [--from-snap] ... - | rbd import-diff - ...``;
+* ``ours``: ``rbd-incremental sync``;
+* ``ours driver`` / ``stock driver``: this project's driver and Cinder 29's
+  ``CephBackupDriver``, in process with real Cinder objects
+  (``bench/cinderworker.py``);
+* ``ours API`` / ``stock API``: the same drivers in the real Cinder services
+  of ``tools/cinder-stack`` (``--stock``), driven through the API.
 
-* ceiling: ``rbd bench`` 4 MiB reads on the primary, writes on the secondary;
-* a: full copy of an image holding random data (half of it);
-* files: incremental diff file sizes, ``rbd export-diff`` vs ours;
-* b: incremental after many random 4 KiB writes;
-* c: the same incremental with injected latency between the client and the
-  secondary's OSD, with the default rbd cache and with ``rbd_cache = false``;
-* d: peak RSS of a full copy of a large sparse image.
+Every measurement records wall time, CPU (user+sys), peak RSS, the bytes the
+receiving OSD took in (``op_in_bytes``, read from its admin socket before and
+after) and the librbd cache settings of the connection to the secondary. The
+tools alternate within a run (the order reverses every other run); the report
+gives medians of ``--runs``.
 
-Disk: the OSDs are 20 GiB sparse files shared with the tests. The benchmark
-refuses to start when it would take an OSD past half full, waits (for
-snapshot trimming) before a measurement while one is, and deletes every image
-it made, even on failure. Deleted snapshot data is freed as the OSD trims it,
-which can take minutes on the sandbox.
+Workloads (one *journey* per tool and run, on its own volume):
 
-Usage: ``bench/run.py [--quick] [--runs N] [--only a,b,...] [--write-doc]``.
+1. full backup of a volume holding random data in half of its objects;
+2. incremental after 1% sequential writes;
+3. incremental after random 4 KiB writes spread over the whole volume;
+4. full backup of a thin volume: a 4 KiB write in each of a few objects;
+5. restore of the third backup of the chain (3) to a new volume;
+6. restore of that backup onto the original volume after 1% changed since;
+7. eight volumes backed up at once.
+
+Every workload runs again with WAN latency injected on the secondary's
+connection (``ms_inject_delay_*`` in the ``[client]`` section of a copy of
+its ceph.conf), at smaller sizes. Also: the ceiling (``rbd bench``), diff file
+sizes, the scattered incremental over WAN without the rbd cache, and the peak
+RSS of a full copy of a large sparse image.
+
+Usage: ``bench/run.py [--quick] [--runs N] [--only ...] [--write-doc]``.
 Writes ``bench/results/latest.json``; ``--write-doc`` also writes
-``doc/source/benchmarks.md``.
+``doc/source/benchmarks.md``, ``doc/source/_static/bench.json`` and
+``doc/source/_static/bench.png``.
 """
 
 import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
+import rados
+import report
 from benchlib import (
     OBJECT,
     ROOT,
@@ -52,6 +65,8 @@ from benchlib import (
     KiB,
     MiB,
     check_space,
+    counters_delta,
+    counters_snapshot,
     parse_rbd_bench,
     parse_stats,
     run_measured,
@@ -68,26 +83,30 @@ PREFIX = "rbdinc-bench-"
 SRC, SPARSE, CEIL = PREFIX + "src", PREFIX + "sparse", PREFIX + "ceiling"
 DEST = {"ours": PREFIX + "ours", "pipe": PREFIX + "pipe"}
 SPARSE_DEST = {"ours": PREFIX + "sparse-ours", "pipe": PREFIX + "sparse-pipe"}
-TOOLS = ("ours", "pipe")
 TOOL = shutil.which("rbd-incremental", path=os.path.dirname(sys.executable)) or str(
     ROOT / ".venv" / "bin" / "rbd-incremental")
 RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "doc" / "source" / "benchmarks.md"
-SCENARIOS = ("ceiling", "a", "files", "b", "c", "d")
+SCENARIOS = ("ceiling", "journey", "wan", "many", "api", "files", "nocache", "sparse")
+JOURNEY_TOOLS = ("pipe", "ours", "ours driver", "stock driver")
+API_TOOLS = ("ours API", "stock API")
 LATENCY = ("ms_inject_delay_type = osd\nms_inject_delay_max = 0.02\n"
            "ms_inject_delay_probability = 1\n")
-
-SIZES = {
-    "full": {"image": 2 * GiB, "data": 1 * GiB, "small_writes": 4096,
-             "sparse_image": 8 * GiB, "sparse_data": 1 * GiB, "ceiling_total": 1 * GiB},
-    "quick": {"image": 512 * MiB, "data": 256 * MiB, "small_writes": 1024,
-              "sparse_image": 2 * GiB, "sparse_data": 256 * MiB, "ceiling_total": 256 * MiB},
-}
 SMALL_WRITE = 4 * KiB
 SPARSE_BLOCK = 1 * MiB
-RSS_TARGET_MIB = 256
-FILE_RATIO_TARGET = 1.2
-NOCACHE_SPEEDUP_TARGET = 10
+
+# "wan": the sizes of every WAN row; "many": each of the eight volumes.
+SIZES = {
+    "full": {"image": 2 * GiB, "data": 1 * GiB, "small_writes": 4096, "thin_writes": 256,
+             "many_image": 1 * GiB, "many_data": 128 * MiB,
+             "sparse_image": 8 * GiB, "sparse_data": 1 * GiB, "ceiling_total": 1 * GiB,
+             "wan": {"image": 1 * GiB, "data": 256 * MiB, "small_writes": 1024,
+                     "thin_writes": 64, "many_image": 1 * GiB, "many_data": 32 * MiB}},
+    "quick": {"image": 1 * GiB, "data": 256 * MiB, "small_writes": 1024, "thin_writes": 64,
+              "many_image": 1 * GiB, "many_data": 32 * MiB,
+              "sparse_image": 2 * GiB, "sparse_data": 256 * MiB, "ceiling_total": 256 * MiB,
+              "wan": {"image": 1 * GiB, "data": 64 * MiB, "small_writes": 256,
+                      "thin_writes": 32, "many_image": 1 * GiB, "many_data": 8 * MiB}},
+}
 
 
 def log(msg):
@@ -98,95 +117,525 @@ def human(size):
     for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if size >= scale and size % scale == 0:
             return "%d %s" % (size // scale, unit)
-    return "%d B" % size
+    return "%.1f MiB" % (size / MiB)
 
 
-# -- the two ways of copying ---------------------------------------------------
+# -- command lines ---------------------------------------------------------------
 
-def ours_sync(src, dest, from_snap=None, dest_conf=SECONDARY.conf):
-    cmd = [TOOL, "--no-progress", "sync", "--src-conf", PRIMARY.conf, "--dest-conf", dest_conf]
+def ours_sync(src, dest, from_snap=None, src_conf=PRIMARY.conf, dest_conf=SECONDARY.conf):
+    cmd = [TOOL, "--no-progress", "sync", "--src-conf", src_conf, "--dest-conf", dest_conf]
     if from_snap:
         cmd += ["--from-snap", from_snap]
     return [cmd + [src, dest]]
 
 
-def pipe_sync(src, dest, from_snap=None, dest_conf=SECONDARY.conf):
-    export = ["rbd", "-c", PRIMARY.conf, "--no-progress", "export-diff"]
+def pipe_sync(src, dest, from_snap=None, src_conf=PRIMARY.conf, dest_conf=SECONDARY.conf):
+    export = ["rbd", "-c", src_conf, "--no-progress", "export-diff"]
     if from_snap:
         export += ["--from-snap", from_snap]
     return [export + [src, "-"],
             ["rbd", "-c", dest_conf, "--no-progress", "import-diff", "-", dest]]
 
 
+def cache_settings(conf):
+    """The librbd cache settings a client of ``conf`` gets (as Ceph parses them)."""
+    client = rados.Rados(conffile=conf)
+    try:
+        values = {k: client.conf_get(k) for k in ("rbd_cache", "rbd_cache_policy",
+                                                  "rbd_cache_writethrough_until_flush",
+                                                  "rbd_cache_size")}
+    finally:
+        client.shutdown()
+    if values["rbd_cache"] != "true":
+        return "off"
+    return "%s %d MiB%s" % (values["rbd_cache_policy"], int(values["rbd_cache_size"]) >> 20,
+                            ", wt until flush" if values[
+                                "rbd_cache_writethrough_until_flush"] == "true" else "")
+
+
+class Worker:
+    """A ``bench/cinderworker.py`` process (one Cinder driver, in process)."""
+
+    def __init__(self, kind, logdir):
+        self.kind = kind
+        self.log = open(logdir / ("cinderworker-%s.log" % kind.replace(" ", "-")), "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "cinderworker.py"), kind.split()[0]],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            bufsize=1)
+        self.read()  # ready
+
+    def read(self):
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise BenchError("cinderworker %s died (see %s)" % (self.kind, self.log.name))
+            if line.startswith("RESULT "):
+                result = json.loads(line[7:])
+                if not result.pop("ok"):
+                    raise BenchError("cinderworker %s: %s" % (self.kind, result["error"]))
+                return result
+
+    def __call__(self, cmd, **kwargs):
+        self.proc.stdin.write(json.dumps(dict(kwargs, cmd=cmd)) + "\n")
+        return self.read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Volume:
+    """A source image on the primary: ``volume-<uuid>`` (a Cinder volume for the
+    drivers) or a bench-named image (for the pipe and ours)."""
+
+    def __init__(self, bench, tool, size, role):
+        self.bench, self.tool, self.size = bench, tool, size
+        self.driver = tool.endswith("driver")
+        if self.driver:
+            self.id = bench.worker(tool)("volume", size_gb=size // GiB)["id"]
+            bench.volume_ids.add(self.id)
+            self.name = "volume-" + self.id
+        else:
+            self.id = str(uuid.uuid4())
+            self.name = "%s%s-%s-%s" % (PREFIX, role, tool.replace(" ", "-"), self.id[:8])
+        PRIMARY.create(self.name, size)
+        bench.primary_images.add(self.name)
+        self.data_objects = set()
+
+    def write(self, blocks, depth=32):
+        with PRIMARY.image(self.name) as img:
+            write_blocks(img, blocks, depth=depth)
+
+    def snap(self, name):
+        with PRIMARY.image(self.name) as img:
+            img.create_snap(name)
+
+    def spec(self, snap=None):
+        return PRIMARY.spec(self.name, snap)
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
         self.mode = "quick" if args.quick else "full"
-        self.cfg = dict(SIZES[self.mode])
+        self.cfg = {k: v for k, v in SIZES[self.mode].items()}
         self.runs = args.runs
-        self.rng = seeded(args.seed)
         self.results = {}
-        self.notes = {}
+        self.notes = {"cache": {}}
         self.tmp = Path(tempfile.mkdtemp(prefix="rbdinc-bench-"))
+        self.workers = {}
+        self.primary_images, self.volume_ids = set(), set()
+        # Data comes from slices of a small random pool: every process the bench
+        # starts inherits its RSS as the floor of its peak RSS (fork + exec).
+        self.pool = seeded(args.seed).randbytes(8 * MiB)
+        self.wan_conf = self.latency_conf(cache=True)
+        self.caches = {SECONDARY.conf: cache_settings(SECONDARY.conf),
+                       self.wan_conf: cache_settings(self.wan_conf)}
 
-    # -- measurement plumbing --
+    # -- helpers -------------------------------------------------------------------
 
-    def measure(self, scenario, tool, cmds, payload, prepare=None, after=None):
+    def worker(self, tool):
+        if tool not in self.workers:
+            log("starting the in-process %s (Cinder objects on sqlite)" % tool)
+            self.workers[tool] = Worker(tool, self.tmp)
+        return self.workers[tool]
+
+    def latency_conf(self, cache):
+        path = self.tmp / ("secondary-latency-%s.conf" % ("cache" if cache else "nocache"))
+        text = Path(SECONDARY.conf).read_text()
+        text += "\n[client]\n" + LATENCY + ("" if cache else "rbd_cache = false\n")
+        path.write_text(text)
+        return str(path)
+
+    def random_objects(self, rng, count, size):
+        """``count`` 4 MiB blocks of random data (slices of a random pool)."""
+        for _ in range(count):
+            start = rng.randrange(0, len(self.pool) - size) & ~4095
+            yield self.pool[start:start + size]
+
+    def fill(self, vol, rng, data):
+        """Random data in ``data // OBJECT`` whole objects at random places."""
+        count = data // OBJECT
+        objects = sorted(rng.sample(range(vol.size // OBJECT), count))
+        vol.data_objects = set(objects)
+        vol.write(zip((o * OBJECT for o in objects),
+                      self.random_objects(rng, count, OBJECT), strict=True))
+        return count * OBJECT
+
+    @staticmethod
+    def seq_change(vol, rng):
+        """1% of the volume, sequential, at a random 4 KiB-aligned place."""
+        length = (vol.size // 100) & ~4095
+        start = rng.randrange(0, vol.size - length) & ~4095
+        blocks = [(off, rng.randbytes(min(MiB, start + length - off)))
+                  for off in range(start, start + length, MiB)]
+        vol.write(blocks)
+        return length
+
+    @staticmethod
+    def scattered_change(vol, rng, count):
+        written, blocks = spread_blocks(rng, vol.size, count * SMALL_WRITE, SMALL_WRITE)
+        vol.write(blocks, depth=64)
+        return written
+
+    @staticmethod
+    def thin_change(vol, rng, count):
+        """One 4 KiB write in each of ``count`` objects of an empty volume."""
+        objects = rng.sample(range(vol.size // OBJECT), count)
+        blocks = [(o * OBJECT + (rng.randrange(OBJECT // SMALL_WRITE) * SMALL_WRITE),
+                   rng.randbytes(SMALL_WRITE)) for o in sorted(objects)]
+        vol.write(blocks)
+        return count * SMALL_WRITE
+
+    # -- measurement -----------------------------------------------------------------
+
+    def measure(self, scenario, tool, action, payload, cache, receiver=SECONDARY, extra=None):
+        """Time ``action()`` (returns run_measured's or the worker's result)."""
         wait_for_space(CLUSTERS)
-        if prepare:
-            prepare()
         # Let the map changes of the preparation (snapshots removed and
         # created) settle: the mon batches them every paxos_propose_interval
         # (1 s) and each tool's own snapshot would queue behind them.
         time.sleep(self.args.settle)
-        result = run_measured(cmds, CLUSTERS, label="%s/%s" % (scenario, tool))
+        before = counters_snapshot(CLUSTERS)
+        parent_rss = rss_mib()
+        result = action()
+        result["osd"] = counters_delta(before, counters_snapshot(CLUSTERS))
+        result["received"] = result["osd"][receiver.name]["op_in_bytes"]
+        result["receiver"] = receiver.name
         result["payload"] = payload
-        if tool == "ours":
+        result["cache"] = cache
+        if "procs" not in result:
+            result["procs"] = [{"cmd": tool, "maxrss_mib": result["maxrss_mib"]}]
+            if result.get("children_maxrss_mib"):
+                result["procs"].append({"cmd": "rbd children",
+                                        "maxrss_mib": result["children_maxrss_mib"]})
+        elif tool == "ours":
             result["stats"] = parse_stats(result["procs"][0]["stderr"])
-        if scenario == "ceiling":
-            result["rbd_bench_bytes_per_s"] = parse_rbd_bench(result["stdout"])
-        if after:
-            result.update(after())
+        result["bench_rss_mib"] = parent_rss
+        result.update(extra or {})
         self.results.setdefault(scenario, {}).setdefault(tool, []).append(result)
-        sec = result["osd"]["secondary"]["op_in_bytes"] / MiB
-        log("%-10s %-16s %7.2f s  cpu %6.2f s  rss %6.1f MiB  to secondary %8.1f MiB"
-            % (scenario, tool, result["wall"], result["cpu"], result["maxrss_mib"], sec))
+        log("%-26s %-13s %7.2f s  cpu %6.2f s  rss %6.1f MiB  received %8.2f MiB  (bench %.0f)"
+            % (scenario, tool, result["wall"], result["cpu"], result["maxrss_mib"],
+               result["received"] / MiB, parent_rss))
         return result
 
-    def interleaved(self, scenario, plans, payload):
-        """``plans``: {tool: (prepare, cmds, after)}; alternate the order per run (ABBA)."""
-        order = list(plans)
-        for i in range(self.runs):
-            for tool in (order if i % 2 == 0 else order[::-1]):
-                prepare, cmds, after = plans[tool]
-                self.measure(scenario, tool, cmds, payload, prepare, after)
+    def order(self, tools, run):
+        return list(tools) if run % 2 == 0 else list(tools)[::-1]
 
-    # -- images --
+    # -- cleanup -------------------------------------------------------------------
+
+    def remove_secondary_of(self, volume_ids):
+        """The chain / base images the drivers made for these volumes."""
+        for name in SECONDARY.list(""):
+            if any(vid in name for vid in volume_ids):
+                SECONDARY.remove(name)
+
+    def drop_volumes(self, vols):
+        for vol in vols:
+            PRIMARY.remove(vol.name)
+            self.primary_images.discard(vol.name)
 
     def cleanup(self):
         for cluster in CLUSTERS:
             for name in cluster.list(PREFIX):
                 log("removing %s/%s" % (cluster.pool, name))
                 cluster.remove(name)
+        for name in list(self.primary_images):
+            PRIMARY.remove(name)
+        if self.volume_ids:
+            self.remove_secondary_of(self.volume_ids)
 
-    def fresh_dest(self, name, pipe):
-        SECONDARY.remove(name)
-        if pipe:  # rbd import-diff needs an existing image; it resizes it
-            SECONDARY.create(name, 1 * MiB)
+    # -- the ceiling ---------------------------------------------------------------
+
+    def ceiling(self):
+        total = self.cfg["ceiling_total"]
+        base = ["--io-size", "4M", "--io-threads", "8", "--io-total", str(total),
+                "--io-pattern", "seq"]
+        read = ["rbd", "-c", PRIMARY.conf, "bench", "--io-type", "read"] + base
+        write = ["rbd", "-c", SECONDARY.conf, "bench", "--io-type", "write"] + base
+        try:
+            PRIMARY.remove(CEIL)
+            PRIMARY.create(CEIL, total)
+            run_measured([["rbd", "-c", PRIMARY.conf, "bench", "--io-type", "write"] + base
+                          + [PRIMARY.spec(CEIL)]])
+            for run in range(self.runs):
+                for what in self.order(("read primary", "write secondary"), run):
+                    if what == "write secondary":
+                        SECONDARY.remove(CEIL)
+                        SECONDARY.create(CEIL, total)
+                        cmd, cluster = write + [SECONDARY.spec(CEIL)], SECONDARY
+                    else:
+                        cmd, cluster = read + [PRIMARY.spec(CEIL)], PRIMARY
+                    result = self.measure("ceiling", what, lambda cmd=cmd: run_measured([cmd]),
+                                          total, self.caches[SECONDARY.conf], cluster)
+                    result["rbd_bench_bytes_per_s"] = parse_rbd_bench(result["stdout"])
+        finally:
+            PRIMARY.remove(CEIL)
+            SECONDARY.remove(CEIL)
+
+    # -- the journey: workloads 1-6 ----------------------------------------------------
+
+    def journey(self, tool, run, wan):
+        """Workloads 1-6 for one tool: a chain of three backups of a volume,
+        a restore of the third to a new volume, then onto the original after
+        1% changed; and the full backup of a thin volume."""
+        cfg = self.cfg["wan"] if wan else self.cfg
+        conf = self.wan_conf if wan else SECONDARY.conf
+        cache = self.caches[conf]
+        tag = "WAN " if wan else ""
+        rng = seeded(self.args.seed * 100 + run)  # same content for every tool of a run
+        driver = tool.endswith("driver")
+        work = self.worker(tool) if driver else None
+        if driver:
+            work("conf", backup_conf=conf)
+        dest = PREFIX + "dest-" + tool.replace(" ", "-")
+        vols, backups = [], []
+
+        def backup(vol, snap, parent_snap, scenario, payload):
+            """One backup of ``vol`` (the snapshot ``snap`` for pipe and ours)."""
+            if driver:
+                parent = [backups[-1]] if parent_snap else None
+
+                def action():
+                    return work("backup", volume_ids=[vol.id], parents=parent)
+                result = self.measure(tag + scenario, tool, action, payload, cache)
+                backups.extend(result["backup_ids"])
+                return result
+            vol.snap(snap)
+            target = dest if vol is vols[0] else dest + "-thin"
+            if parent_snap is None:
+                SECONDARY.remove(target)
+                if tool == "pipe":  # rbd import-diff needs an existing image
+                    SECONDARY.create(target, MiB)
+            sync = ours_sync if tool == "ours" else pipe_sync
+            cmds = sync(vol.spec(snap), SECONDARY.spec(target), from_snap=parent_snap,
+                        dest_conf=conf)
+            return self.measure(tag + scenario, tool, lambda: run_measured(cmds), payload,
+                                cache)
+
+        try:
+            vol = Volume(self, tool, cfg["image"], "src")
+            vols.append(vol)
+            data = self.fill(vol, rng, cfg["data"])
+            backup(vol, "b1", None, "1 full backup", data)
+            backup(vol, "b2", "b1", "2 incr. 1% sequential", self.seq_change(vol, rng))
+            backup(vol, "b3", "b2", "3 incr. 4K scattered",
+                   self.scattered_change(vol, rng, cfg["small_writes"]))
+
+            # 5: restore of the third backup to a new volume
+            new = Volume(self, tool, cfg["image"], "restore")
+            vols.append(new)
+            if driver:
+                self.measure(tag + "5 restore to new volume", tool,
+                             lambda: work("restore", backup_id=backups[-1], volume_id=new.id,
+                                          is_new=True), data, cache, PRIMARY)
+            else:
+                PRIMARY.remove(new.name)
+                if tool == "pipe":
+                    PRIMARY.create(new.name, MiB)
+                sync = ours_sync if tool == "ours" else pipe_sync
+                cmds = sync(SECONDARY.spec(dest, "b3"), new.spec(), src_conf=conf,
+                            dest_conf=PRIMARY.conf)
+                self.measure(tag + "5 restore to new volume", tool,
+                             lambda: run_measured(cmds), data, cache, PRIMARY)
+                if not self.args.no_verify and tool == "ours" and not wan:
+                    self.verify("5 ours restore", vol.spec("b3"), new.spec("b3"))
+
+            # 6: back onto the original volume after 1% changed (the drivers only:
+            # the pipe and `sync` have no way to restore onto a changed image)
+            changed = self.seq_change(vol, rng)
+            if driver:
+                self.measure(tag + "6 restore in place, 1% changed", tool,
+                             lambda: work("restore", backup_id=backups[-1], volume_id=vol.id,
+                                          is_new=False), changed, cache, PRIMARY)
+
+            # 4: a thin volume, one 4 KiB write in each of a few objects
+            thin = Volume(self, tool, cfg["image"], "thin")
+            vols.append(thin)
+            written = self.thin_change(thin, rng, cfg["thin_writes"])
+            backups_before = len(backups)
+            backup(thin, "b1", None, "4 thin volume, full", written)
+            thin_backups = backups[backups_before:]
+            del backups[backups_before:]
+            if driver:
+                work("delete", backup_ids=thin_backups)
+        finally:
+            if driver and backups:
+                work("delete", backup_ids=list(reversed(backups)))
+            self.drop_volumes(vols)
+            if driver:
+                self.remove_secondary_of([v.id for v in vols])
+            for name in (dest, dest + "-thin"):
+                SECONDARY.remove(name)
+
+    # -- 7: eight volumes at once ---------------------------------------------------
+
+    def many(self, tool, run, wan):
+        cfg = self.cfg["wan"] if wan else self.cfg
+        conf = self.wan_conf if wan else SECONDARY.conf
+        rng = seeded(self.args.seed * 100 + 50 + run)
+        driver = tool.endswith("driver")
+        vols = []
+        dests = [PREFIX + "many-%s-%d" % (tool.replace(" ", "-"), i) for i in range(8)]
+        try:
+            data = 0
+            for _ in range(8):
+                vol = Volume(self, tool, cfg["many_image"], "many")
+                vols.append(vol)
+                data += self.fill(vol, rng, cfg["many_data"])
+            scenario = ("WAN " if wan else "") + "7 eight volumes at once"
+            if driver:
+                work = self.worker(tool)
+                work("conf", backup_conf=conf)
+                result = self.measure(scenario, tool, lambda: work(
+                    "backup", volume_ids=[v.id for v in vols]), data, self.caches[conf])
+                work("delete", backup_ids=result["backup_ids"])
+                return
+            pipelines = []
+            for vol, dest in zip(vols, dests, strict=True):
+                vol.snap("b1")
+                SECONDARY.remove(dest)
+                if tool == "pipe":
+                    SECONDARY.create(dest, MiB)
+                sync = ours_sync if tool == "ours" else pipe_sync
+                pipelines.append(sync(vol.spec("b1"), SECONDARY.spec(dest), dest_conf=conf))
+            self.measure(scenario, tool, lambda: run_measured(None, pipelines=pipelines),
+                         data, self.caches[conf])
+        finally:
+            self.drop_volumes(vols)
+            if driver:
+                self.remove_secondary_of([v.id for v in vols])
+            for dest in dests:
+                SECONDARY.remove(dest)
+
+    # -- through the Cinder API -------------------------------------------------------
+
+    def api(self):
+        import apibench
+        cfg = self.cfg
+        size_gb = cfg["image"] // GiB
+        with apibench.stack_lock(log):
+            current = None
+            try:
+                for run in range(self.runs):
+                    for tool in self.order(API_TOOLS, run):
+                        if tool != current:
+                            log("tools/cinder-stack up%s" % (" --stock" if "stock" in tool
+                                                             else ""))
+                            apibench.stack("up", *(["--stock"] if "stock" in tool else []),
+                                           log=log)
+                            current = tool
+                        self.api_journey(apibench, tool, run, size_gb)
+            finally:
+                log("tools/cinder-stack down")
+                apibench.stack("down", log=log)
+
+    def api_journey(self, apibench, tool, run, size_gb):
+        cfg = self.cfg
+        cache = self.caches[SECONDARY.conf]
+        rng = seeded(self.args.seed * 100 + run)
+        api = apibench.Api()
+        service = apibench.BackupService()
+
+        class Vol:  # the API's volume, written directly through librbd
+            def __init__(self, vol_id):
+                self.id, self.name, self.size = vol_id, "volume-" + vol_id, size_gb * GiB
+                self.data_objects = set()
+
+            def write(self, blocks, depth=32):
+                with PRIMARY.image(self.name) as img:
+                    write_blocks(img, blocks, depth=depth)
+
+        def timed(func):
+            def action():
+                service.reset_peak()
+                cpu = service.cpu()
+                started = time.monotonic()
+                value = func()
+                if isinstance(value, tuple):  # (value, when the attempt that worked began)
+                    value, started = value
+                wall = time.monotonic() - started
+                used = service.cpu() - cpu
+                return {"wall": wall, "cpu": used, "cpu_user": used, "cpu_sys": 0.0,
+                        "maxrss_mib": service.peak_mib(), "value": value}
+            return action
+
+        try:
+            vol = Vol(api.create_volume(size_gb))
+            self.volume_ids.add(vol.id)
+            data = self.fill(vol, rng, cfg["data"])
+            self.measure("1 full backup", tool, timed(lambda: api.backup(vol.id, False)),
+                         data, cache)
+            self.measure("2 incr. 1% sequential", tool,
+                         timed(lambda: api.backup(vol.id, True)), self.seq_change(vol, rng),
+                         cache)
+            self.measure("3 incr. 4K scattered", tool,
+                         timed(lambda: api.backup(vol.id, True)),
+                         self.scattered_change(vol, rng, cfg["small_writes"]), cache)
+            result = self.measure("5 restore to new volume", tool,
+                                  timed(lambda: api.restore(api.backups[-1])), data, cache,
+                                  PRIMARY)
+            self.volume_ids.add(result["value"])
+        finally:
+            api.cleanup()
+            for vol_id in api.volumes:
+                for name in ("volume-" + vol_id, "volume-%s.deleted" % vol_id):
+                    PRIMARY.remove(name)
+
+    # -- diff files, WAN without cache, sparse RSS (pipe and ours) ------------------------
+
+    def prepare_source(self, cfg):
+        rng = seeded(self.args.seed)
+        PRIMARY.remove(SRC)
+        PRIMARY.create(SRC, cfg["image"])
+        with PRIMARY.image(SRC) as img:
+            count = cfg["data"] // OBJECT
+            objects = sorted(rng.sample(range(cfg["image"] // OBJECT), count))
+            write_blocks(img, zip((o * OBJECT for o in objects),
+                                  self.random_objects(rng, count, OBJECT), strict=True))
+            img.create_snap("s1")
+            written, blocks = spread_blocks(rng, cfg["image"], cfg["small_writes"] * SMALL_WRITE,
+                                            SMALL_WRITE)
+            write_blocks(img, blocks, depth=64)
+            img.create_snap("s2")
+        self.notes["incremental_bytes"] = written
+        return written
+
+    def diff_files(self, written):
+        paths = {tool: self.tmp / ("%s.diff" % tool) for tool in ("ours", "pipe")}
+        spec = PRIMARY.spec(SRC, "s2")
+        cmds = {"ours": [TOOL, "-c", PRIMARY.conf, "--no-progress", "export-diff",
+                         "--from-snap", "s1", spec, str(paths["ours"])],
+                "pipe": ["rbd", "-c", PRIMARY.conf, "--no-progress", "export-diff",
+                         "--from-snap", "s1", spec, str(paths["pipe"])]}
+        try:
+            for run in range(self.runs):
+                for tool in self.order(("ours", "pipe"), run):
+                    paths[tool].unlink(missing_ok=True)
+                    self.measure("diff file", tool, lambda tool=tool: run_measured(
+                        [cmds[tool]]), written, "-", extra=None)
+                    self.results["diff file"][tool][-1]["file_bytes"] = \
+                        paths[tool].stat().st_size
+        finally:
+            for path in paths.values():
+                path.unlink(missing_ok=True)
 
     def reset_dest(self, tool):
-        """Put the destination back to exactly s1 (untimed), without a new copy.
-
-        Drop s2, roll HEAD back to s1, then replace s1 by a new snapshot of that
-        same content: after a rollback a diff from s1 still lists the rolled-back
-        extents (so ``sync`` would refuse HEAD as changed), a diff from the new
-        s1 lists nothing. The identity recorded for s1 in the image metadata
-        stays. Copying anew instead would leave a whole copy of snapshot data
-        for the OSD to trim (slowly) each time.
-        """
+        """Put the destination back to exactly s1 (untimed), without a new copy:
+        drop s2, roll HEAD back to s1 and snapshot s1 anew (a diff from the old
+        s1 would still list the rolled-back extents)."""
         name = DEST[tool]
         if not has_snap(SECONDARY, name, "s1"):
-            self.fresh_dest(name, pipe=tool == "pipe")
+            SECONDARY.remove(name)
+            if tool == "pipe":
+                SECONDARY.create(name, MiB)
             sync = ours_sync if tool == "ours" else pipe_sync
             run_measured(sync(PRIMARY.spec(SRC, "s1"), SECONDARY.spec(name)))
         with SECONDARY.image(name) as img:
@@ -201,114 +650,17 @@ class Bench:
                 except KeyError:
                     pass
 
-    def verify(self, what, first, second, src_conf=PRIMARY.conf):
-        cmd = [TOOL, "--no-progress", "verify", "--src-conf", src_conf,
-               "--dest-conf", SECONDARY.conf, first, second]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        ok = proc.returncode == 0
-        self.notes.setdefault("verified", {})[what] = ok
-        if not ok:
-            raise BenchError("verify %s: %s vs %s: %s" % (what, first, second,
-                                                         proc.stderr.strip()))
-        log("verified %s: %s == %s" % (what, first, second))
-
-    # -- scenarios --
-
-    def ceiling(self):
-        total = self.cfg["ceiling_total"]
-        base = ["--io-size", "4M", "--io-threads", "8", "--io-total", str(total),
-                "--io-pattern", "seq"]
-        read = ["rbd", "-c", PRIMARY.conf, "bench", "--io-type", "read"] + base
-        write = ["rbd", "-c", SECONDARY.conf, "bench", "--io-type", "write"] + base
-        try:
-            PRIMARY.remove(CEIL)
-            PRIMARY.create(CEIL, total)
-            run_measured([["rbd", "-c", PRIMARY.conf, "bench", "--io-type", "write"] + base
-                          + [PRIMARY.spec(CEIL)]])
-
-            def fresh_secondary():
-                SECONDARY.remove(CEIL)
-                SECONDARY.create(CEIL, total)
-
-            self.interleaved("ceiling", {
-                "read primary": (None, [read + [PRIMARY.spec(CEIL)]], None),
-                "write secondary": (fresh_secondary, [write + [SECONDARY.spec(CEIL)]], None),
-            }, total)
-        finally:
-            PRIMARY.remove(CEIL)
-            SECONDARY.remove(CEIL)
-
-    def prepare_source(self):
-        size, data = self.cfg["image"], self.cfg["data"]
-        log("source: %s image, %s random data in 4 MiB objects" % (human(size), human(data)))
-        PRIMARY.remove(SRC)
-        PRIMARY.create(SRC, size)
-        with PRIMARY.image(SRC) as img:
-            written, blocks = spread_blocks(self.rng, size, data, OBJECT)
-            write_blocks(img, blocks)
-            img.create_snap("s1")
-        self.notes["full_data_bytes"] = written
-
-    def full_copy(self):
-        plans = {
-            "ours": (lambda: self.fresh_dest(DEST["ours"], pipe=False),
-                     ours_sync(PRIMARY.spec(SRC, "s1"), SECONDARY.spec(DEST["ours"])), None),
-            "pipe": (lambda: self.fresh_dest(DEST["pipe"], pipe=True),
-                     pipe_sync(PRIMARY.spec(SRC, "s1"), SECONDARY.spec(DEST["pipe"])), None),
-        }
-        self.interleaved("a", plans, self.notes["full_data_bytes"])
-        if not self.args.no_verify:
-            for tool in TOOLS:
-                self.verify("a " + tool, PRIMARY.spec(SRC, "s1"), SECONDARY.spec(DEST[tool], "s1"))
-
-    def prepare_incremental(self):
-        count = self.cfg["small_writes"]
-        log("source: %d random %s writes, snapshot s2" % (count, human(SMALL_WRITE)))
-        with PRIMARY.image(SRC) as img:
-            written, blocks = spread_blocks(self.rng, self.cfg["image"], count * SMALL_WRITE,
-                                            SMALL_WRITE)
-            write_blocks(img, blocks, depth=64)
-            img.create_snap("s2")
-        self.notes["incremental_bytes"] = written
-
-    def diff_files(self):
-        paths = {tool: self.tmp / ("%s.diff" % tool) for tool in TOOLS}
-        spec = PRIMARY.spec(SRC, "s2")
-
-        def remover(path):
-            return lambda: path.unlink(missing_ok=True)
-
-        def sizer(path):
-            return lambda: {"file_bytes": path.stat().st_size}
-
-        plans = {
-            "ours": (remover(paths["ours"]),
-                     [[TOOL, "-c", PRIMARY.conf, "--no-progress", "export-diff",
-                       "--from-snap", "s1", spec, str(paths["ours"])]], sizer(paths["ours"])),
-            "pipe": (remover(paths["pipe"]),
-                     [["rbd", "-c", PRIMARY.conf, "--no-progress", "export-diff",
-                       "--from-snap", "s1", spec, str(paths["pipe"])]], sizer(paths["pipe"])),
-        }
-        try:
-            self.interleaved("files", plans, self.notes["incremental_bytes"])
-        finally:
-            for path in paths.values():
-                path.unlink(missing_ok=True)
-
-    def incremental(self, scenario, dest_conf=SECONDARY.conf):
-        plans = {}
-        for tool, sync in (("ours", ours_sync), ("pipe", pipe_sync)):
-            plans[tool] = ((lambda tool=tool: self.reset_dest(tool)),
-                           sync(PRIMARY.spec(SRC, "s2"), SECONDARY.spec(DEST[tool]),
-                                from_snap="s1", dest_conf=dest_conf), None)
-        self.interleaved(scenario, plans, self.notes["incremental_bytes"])
-
-    def latency_conf(self, cache):
-        path = self.tmp / ("secondary-latency-%s.conf" % ("cache" if cache else "nocache"))
-        text = Path(SECONDARY.conf).read_text()
-        text += "\n[client]\n" + LATENCY + ("" if cache else "rbd_cache = false\n")
-        path.write_text(text)
-        return str(path)
+    def nocache(self, written):
+        conf = self.latency_conf(cache=False)
+        cache = cache_settings(conf)
+        for run in range(self.runs):
+            for tool in self.order(("ours", "pipe"), run):
+                self.reset_dest(tool)
+                sync = ours_sync if tool == "ours" else pipe_sync
+                cmds = sync(PRIMARY.spec(SRC, "s2"), SECONDARY.spec(DEST[tool]),
+                            from_snap="s1", dest_conf=conf)
+                self.measure("WAN 3 incr. 4K scattered, no cache", tool,
+                             lambda cmds=cmds: run_measured(cmds), written, cache)
 
     def sparse(self):
         size, data = self.cfg["sparse_image"], self.cfg["sparse_data"]
@@ -318,60 +670,74 @@ class Bench:
             PRIMARY.remove(SPARSE)
             PRIMARY.create(SPARSE, size)
             with PRIMARY.image(SPARSE) as img:
-                written, blocks = spread_blocks(self.rng, size, data, SPARSE_BLOCK)
+                written, blocks = spread_blocks(seeded(self.args.seed), size, data,
+                                                SPARSE_BLOCK)
                 write_blocks(img, blocks)
                 img.create_snap("s1")
-            self.notes["sparse_data_bytes"] = written
-            plans = {
-                "ours": (lambda: self.fresh_dest(SPARSE_DEST["ours"], pipe=False),
-                         ours_sync(PRIMARY.spec(SPARSE, "s1"),
-                                   SECONDARY.spec(SPARSE_DEST["ours"])), None),
-                "pipe": (lambda: self.fresh_dest(SPARSE_DEST["pipe"], pipe=True),
-                         pipe_sync(PRIMARY.spec(SPARSE, "s1"),
-                                   SECONDARY.spec(SPARSE_DEST["pipe"])), None),
-            }
-            self.interleaved("d", plans, written)
-            if not self.args.no_verify:
-                self.verify("d ours", PRIMARY.spec(SPARSE, "s1"),
-                            SECONDARY.spec(SPARSE_DEST["ours"], "s1"))
+            for run in range(self.runs):
+                for tool in self.order(("ours", "pipe"), run):
+                    SECONDARY.remove(SPARSE_DEST[tool])
+                    if tool == "pipe":
+                        SECONDARY.create(SPARSE_DEST[tool], MiB)
+                    sync = ours_sync if tool == "ours" else pipe_sync
+                    cmds = sync(PRIMARY.spec(SPARSE, "s1"), SECONDARY.spec(SPARSE_DEST[tool]))
+                    self.measure("sparse %s image, full" % human(size), tool,
+                                 lambda cmds=cmds: run_measured(cmds), written,
+                                 self.caches[SECONDARY.conf])
         finally:
             for name in SPARSE_DEST.values():
                 SECONDARY.remove(name)
             PRIMARY.remove(SPARSE)
+
+    def verify(self, what, first, second):
+        cmd = [TOOL, "--no-progress", "verify", "--src-conf", PRIMARY.conf,
+               "--dest-conf", PRIMARY.conf, first, second]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        ok = proc.returncode == 0
+        self.notes.setdefault("verified", {})[what] = ok
+        if not ok:
+            raise BenchError("verify %s: %s vs %s: %s" % (what, first, second,
+                                                         proc.stderr.strip()))
+
+    # -- all --------------------------------------------------------------------------
 
     def run(self):
         only = self.args.only
         started = time.monotonic()
         self.cleanup()
         cfg = self.cfg
-        check_space(PRIMARY, 2 * max(cfg["data"], cfg["sparse_data"], cfg["ceiling_total"]))
+        check_space(PRIMARY, 4 * max(cfg["data"], cfg["sparse_data"], cfg["ceiling_total"]))
         check_space(SECONDARY, 4 * max(cfg["data"], cfg["sparse_data"]))
         try:
             if "ceiling" in only:
                 self.ceiling()
-            if only & {"a", "files", "b", "c"}:
-                self.prepare_source()
-                if "a" in only:
-                    self.full_copy()
-                if only & {"files", "b", "c"}:
-                    self.prepare_incremental()
+            for wan in (False, True):
+                if ("wan" if wan else "journey") in only:
+                    for run in range(self.runs):
+                        for tool in self.order(JOURNEY_TOOLS, run):
+                            self.journey(tool, run, wan)
+            if "many" in only:
+                for wan in (False, True):
+                    for run in range(self.runs):
+                        for tool in self.order(JOURNEY_TOOLS, run):
+                            self.many(tool, run, wan)
+            if only & {"files", "nocache"}:
+                files_cfg = self.cfg if "files" in only else self.cfg["wan"]
+                written = self.prepare_source(files_cfg)
                 if "files" in only:
-                    self.diff_files()
-                if "b" in only:
-                    self.incremental("b")
-                    if not self.args.no_verify:
-                        for tool in TOOLS:
-                            self.verify("b " + tool, PRIMARY.spec(SRC, "s2"),
-                                        SECONDARY.spec(DEST[tool], "s2"))
-                if "c" in only:
-                    self.incremental("c cache", self.latency_conf(cache=True))
-                    self.incremental("c no cache", self.latency_conf(cache=False))
-                for name in DEST.values():
-                    SECONDARY.remove(name)
+                    self.diff_files(written)
+                if "nocache" in only:
+                    if files_cfg is not self.cfg["wan"]:
+                        written = self.prepare_source(self.cfg["wan"])
+                    self.nocache(written)
                 PRIMARY.remove(SRC)
-            if "d" in only:
+            if "sparse" in only:
                 self.sparse()
+            if "api" in only:
+                self.api()
         finally:
+            for work in self.workers.values():
+                work.close()
             self.cleanup()
             for cluster in CLUSTERS:
                 cluster.close()
@@ -379,228 +745,38 @@ class Bench:
         self.notes["bench_seconds"] = time.monotonic() - started
 
 
-# -- summaries -------------------------------------------------------------------
-
-def median(runs, key):
-    return statistics.median(key(r) for r in runs)
-
-
-def summarize(runs):
-    def osd(name, field):
-        return lambda r: r["osd"][name][field]
-
-    out = {
-        "runs": len(runs),
-        "wall": median(runs, lambda r: r["wall"]),
-        "wall_min": min(r["wall"] for r in runs),
-        "wall_max": max(r["wall"] for r in runs),
-        "cpu": median(runs, lambda r: r["cpu"]),
-        "cpu_user": median(runs, lambda r: r["cpu_user"]),
-        "cpu_sys": median(runs, lambda r: r["cpu_sys"]),
-        "maxrss_mib": max(r["maxrss_mib"] for r in runs),
-        "proc_maxrss_mib": [max(r["procs"][i]["maxrss_mib"] for r in runs)
-                            for i in range(len(runs[0]["procs"]))],
-        "payload": runs[0]["payload"],
-        "secondary_in_bytes": median(runs, osd("secondary", "op_in_bytes")),
-        "secondary_write_ops": median(runs, osd("secondary", "op_w")),
-        "primary_out_bytes": median(runs, osd("primary", "op_out_bytes")),
-        "secondary_osd_cpu": median(runs, osd("secondary", "osd_cpu")),
-        "primary_osd_cpu": median(runs, osd("primary", "osd_cpu")),
-    }
-    out["mib_per_s"] = out["payload"] / MiB / out["wall"]
-    if runs[0].get("rbd_bench_bytes_per_s"):
-        out["rbd_bench_mib_per_s"] = median(runs, lambda r: r["rbd_bench_bytes_per_s"]) / MiB
-    if "file_bytes" in runs[0]:
-        out["file_bytes"] = median(runs, lambda r: r["file_bytes"])
-    return out
+def rss_mib():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
-SCENARIO_TITLES = {
-    "ceiling": "ceiling: rbd bench 4M x8 (read primary, write secondary)",
-    "a": "a: full copy",
-    "files": "incremental diff file (export-diff to a file)",
-    "b": "b: incremental, 4 KiB random writes",
-    "c cache": "c: incremental, 0-20 ms injected OSD latency, rbd cache on",
-    "c no cache": "c: incremental, 0-20 ms injected OSD latency, rbd_cache = false",
-    "d": "d: full copy of a sparse image",
-}
-
-
-def build_summary(bench):
-    cfg, notes = bench.cfg, bench.notes
-    summary = {name: {tool: summarize(runs) for tool, runs in tools.items()}
-               for name, tools in bench.results.items()}
-    targets = {}
-    if "files" in summary:
-        ratio = summary["files"]["ours"]["file_bytes"] / notes["incremental_bytes"]
-        targets["b: ours diff file <= %.1fx bytes written" % FILE_RATIO_TARGET] = {
-            "value": round(ratio, 4), "pass": ratio <= FILE_RATIO_TARGET}
-        targets["b: (rbd export-diff file / bytes written)"] = {
-            "value": round(summary["files"]["pipe"]["file_bytes"] / notes["incremental_bytes"],
-                           4), "pass": None}
-    if "c cache" in summary:
-        s = summary["c cache"]
-        targets["c: ours >= pipe with rbd cache (pipe/ours wall)"] = {
-            "value": round(s["pipe"]["wall"] / s["ours"]["wall"], 2),
-            "pass": s["ours"]["wall"] <= s["pipe"]["wall"]}
-    if "c no cache" in summary:
-        s = summary["c no cache"]
-        speedup = s["pipe"]["wall"] / s["ours"]["wall"]
-        targets["c: ours >= %dx pipe without rbd cache (pipe/ours wall)"
-                % NOCACHE_SPEEDUP_TARGET] = {"value": round(speedup, 2),
-                                             "pass": speedup >= NOCACHE_SPEEDUP_TARGET}
-    for name, size in (("a", cfg["image"]), ("d", cfg["sparse_image"])):
-        if name in summary:
-            rss = summary[name]["ours"]["maxrss_mib"]
-            targets["d: ours peak RSS < %d MiB, %s image" % (RSS_TARGET_MIB, human(size))] = {
-                "value": round(rss, 1), "pass": rss < RSS_TARGET_MIB}
-    return summary, targets
-
-
-def machine_info():
-    def first(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True,
-                                  timeout=30).stdout.strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "unknown"
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = Path("/proc/meminfo").read_text().split()[1]
-        mem_gib = round(int(mem) / (1 << 20), 1)
-    except OSError:
-        mem_gib = None
-    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": mem_gib,
-            "kernel": platform.release(), "python": platform.python_version(),
-            "ceph": first(["ceph", "--version"]), "host": platform.node()}
-
-
-def rows(summary):
-    """(title, tool, cells...) rows for the tables."""
-    out = []
-    for name, title in SCENARIO_TITLES.items():
-        if name not in summary:
-            continue
-        tools = summary[name]
-        for tool, s in tools.items():
-            rss = "+".join("%.0f" % r for r in s["proc_maxrss_mib"])
-            extra = ""
-            if "rbd_bench_mib_per_s" in s:
-                extra = "rbd bench: %.0f MiB/s" % s["rbd_bench_mib_per_s"]
-            if "file_bytes" in s:
-                extra = "file %.2f MiB (%.3fx)" % (s["file_bytes"] / MiB,
-                                                   s["file_bytes"] / s["payload"])
-            out.append((title, tool, "%.2f" % s["wall"], "%.1f" % s["mib_per_s"],
-                        "%.2f" % s["cpu"], rss, "%.1f" % (s["secondary_in_bytes"] / MiB),
-                        "%.0f" % s["secondary_write_ops"], "%.2f" % s["secondary_osd_cpu"],
-                        extra))
-            title = ""
-        if set(tools) == set(TOOLS):
-            out.append(("", "pipe/ours", "%.2fx" % (tools["pipe"]["wall"] / tools["ours"]["wall"]),
-                        "", "%.2fx" % (tools["pipe"]["cpu"] / max(tools["ours"]["cpu"], 1e-9)),
-                        "", "", "", "", ""))
-    return out
-
-
-HEADER = ("scenario", "tool", "wall s", "MiB/s", "CPU s", "peak RSS MiB", "MiB to sec.",
-          "sec. write ops", "sec. OSD CPU s", "")
-
-
-def text_table(summary):
-    table = [HEADER] + rows(summary)
-    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
-    lines = []
-    for i, row in enumerate(table):
-        lines.append("  ".join(c.ljust(w) if j < 2 or j == 9 else c.rjust(w)
-                               for j, (c, w) in enumerate(zip(row, widths, strict=True))))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def markdown(report):
-    cfg, machine, summary = report["config"], report["machine"], report["summary"]
-    out = ["# Benchmarks", "",
-           "`rbd-incremental` against `rbd export-diff | rbd import-diff`, on the two local "
-           "sandbox clusters (`tools/sandbox up`, one BlueStore OSD each on a sparse file, "
-           "loopback). Produced by `make bench` (`bench/run.py --write-doc`); "
-           "`make bench-quick` runs smaller sizes.", "",
-           "## Machine", "",
-           "| | |", "|---|---|"]
-    for key in ("nproc", "cpu", "mem_gib", "kernel", "python", "ceph"):
-        out.append("| %s | %s |" % (key, machine[key]))
-    out += ["", "Run %s, mode `%s`, median of %d runs per cell (ours and the pipe "
-            "alternating), %.0f s in all." % (report["date"], report["mode"], report["runs"],
-                                              report["notes"].get("bench_seconds", 0)), "",
-            "## Method", "",
-            "* **ceiling**: `rbd bench --io-size 4M --io-threads 8 --io-total %s` "
-            "(`--io-type read` on the primary, `write` on a fresh image on the secondary)."
-            % human(cfg["ceiling_total"]),
-            "* **a**: full copy of a %s image holding %s of random data (4 MiB objects at "
-            "random offsets): `rbd-incremental sync volumes/src@s1 backups/dest` vs "
-            "`rbd export-diff volumes/src@s1 - | rbd import-diff - backups/dest` "
-            "(the pipe's destination is created beforehand, untimed, with `rbd create -s 1M`)."
-            % (human(cfg["image"]), human(cfg["data"])),
-            "* **files / b**: %d random 4 KiB writes (%s) at distinct 4 KiB-aligned offsets "
-            "over the whole image between s1 and s2; the diff file sizes "
-            "(`export-diff --from-snap s1`), then each tool applies s1..s2 to its own copy "
-            "(made by that tool; before each run, untimed: s2 removed, HEAD rolled back to "
-            "s1 and s1 snapshotted anew)."
-            % (cfg["small_writes"], human(cfg["small_writes"] * SMALL_WRITE)),
-            "* **c**: b with `ms_inject_delay_type = osd`, `ms_inject_delay_max = 0.02`, "
-            "`ms_inject_delay_probability = 1` in the `[client]` section of a copy of the "
-            "secondary's ceph.conf (`--dest-conf` for ours, `-c` for `rbd import-diff`): "
-            "every OSD reply to the writing client is delayed 0-20 ms. Once with the "
-            "default rbd cache, once with `rbd_cache = false`.",
-            "* **d**: full copy of a %s image holding %s of random data in 1 MiB writes "
-            "spread over it; the target is ours' peak RSS (a gives it for the %s image)."
-            % (human(cfg["sparse_image"]), human(cfg["sparse_data"]), human(cfg["image"])),
-            "",
-            "CPU is user+system of every client process (from `wait4`); peak RSS is per "
-            "process (`export+import` for the pipe); *MiB to sec.* is the secondary OSD's "
-            "`op_in_bytes` delta, *sec. write ops* its `op_w`, *sec. OSD CPU* the secondary "
-            "OSD process' CPU. *MiB/s* is payload over wall time, process start included "
-            "(the ceiling rows also give what `rbd bench` itself reports). *pipe/ours* above "
-            "1 means ours is faster or uses less CPU. Cluster-side numbers include anything "
-            "else running at the same time. Both tools create one snapshot on the "
-            "destination; on the sandbox that costs 0-1 s at random (the mon batches map "
-            "changes, `paxos_propose_interval` = 1 s, and the tests running alongside "
-            "make their own), so small cells move in steps of up to a second: compare "
-            "medians, and use `--runs 5` or more for small differences. Each measurement "
-            "starts after %.1f s of quiet."
-            % report["settle"], "",
-            "## Results", "",
-            "| " + " | ".join(HEADER[:-1]) + " | notes |",
-            "|" + "---|" * len(HEADER)]
-    for row in rows(summary):
-        out.append("| " + " | ".join(row) + " |")
-    out += ["", "## Targets", "", "| target | value | |", "|---|---|---|"]
-    for name, t in report["targets"].items():
-        verdict = "" if t["pass"] is None else ("met" if t["pass"] else "**missed**")
-        out.append("| %s | %s | %s |" % (name, t["value"], verdict))
-    out.append("")
-    return "\n".join(out)
+def has_snap(cluster, name, snap):
+    if name not in cluster.list(PREFIX):
+        return False
+    with cluster.image(name, read_only=True) as img:
+        return any(s["name"] == snap for s in img.list_snaps())
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
-    parser.add_argument("--runs", type=int, default=3, help="runs per cell (default 3)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="runs per cell (default 3; 1 with --quick)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help="comma-separated subset of %s" % ",".join(SCENARIOS))
     parser.add_argument("--seed", type=int, default=20240611)
     parser.add_argument("--settle", type=float, default=1.2, metavar="SECONDS",
                         help="idle time before each measurement (default 1.2)")
     parser.add_argument("--no-verify", action="store_true",
-                        help="skip the (untimed) byte-for-byte checks of the copies")
+                        help="skip the (untimed) byte-for-byte check of a restore")
     parser.add_argument("--write-doc", action="store_true",
-                        help="also write %s" % DOC.relative_to(ROOT))
+                        help="also write %s and its JSON and chart"
+                        % report.DOC.relative_to(ROOT))
     args = parser.parse_args(argv)
+    if args.runs is None:
+        args.runs = 1 if args.quick else 3
     args.only = set(filter(None, args.only.split(",")))
     if args.only - set(SCENARIOS) or args.runs < 1:
         parser.error("--only takes %s; --runs >= 1" % ",".join(SCENARIOS))
@@ -610,37 +786,27 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     bench = Bench(args)
+    bench.notes["cache"] = {"secondary": bench.caches[SECONDARY.conf],
+                            "secondary WAN": bench.caches[bench.wan_conf]}
     try:
         bench.run()
     except BenchError as exc:
         log("error: %s" % exc)
         return 1
-    summary, targets = build_summary(bench)
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "mode": bench.mode, "runs": args.runs, "settle": args.settle, "config": bench.cfg,
-              "machine": machine_info(), "tool": TOOL, "notes": bench.notes,
-              "summary": summary, "targets": targets, "raw": bench.results}
+    rep = report.build(bench, args, datetime.datetime.now().isoformat(timespec="seconds"))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-
-    print(text_table(summary))
+    (RESULTS / "latest.json").write_text(json.dumps(dict(rep, raw=bench.results), indent=1,
+                                                    sort_keys=True, default=str) + "\n")
+    print(report.text_table(rep))
     print()
-    for name, t in targets.items():
+    for name, t in rep["targets"].items():
         verdict = "" if t["pass"] is None else ("met" if t["pass"] else "MISSED")
-        print("%-62s %8s  %s" % (name, t["value"], verdict))
+        print("%-70s %8s  %s" % (name, t["value"], verdict))
     print("\nresults: %s" % (RESULTS / "latest.json").relative_to(ROOT))
     if args.write_doc:
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(markdown(report))
-        print("wrote %s" % DOC.relative_to(ROOT))
+        for path in report.write_doc(rep):
+            print("wrote %s" % path.relative_to(ROOT))
     return 0
-
-
-def has_snap(cluster, name, snap):
-    if name not in cluster.list(PREFIX):
-        return False
-    with cluster.image(name, read_only=True) as img:
-        return any(s["name"] == snap for s in img.list_snaps())
 
 
 if __name__ == "__main__":
