@@ -327,7 +327,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         with session.writing(image, fresh, options) as sink:
             stats = engine.transfer(src_img, sink, plan, options, progress)
         try:
-            verification = self._verify(src_img, session, image, plan.dest_to, options)
+            verification = self._verify(src_img, session, image, plan, options)
         except exception.BackupDriverException:
             # never leave a restore point that does not match its source
             session.delete_backup(image, plan.dest_to, job.backup_id)
@@ -336,12 +336,16 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                  stats.changed_bytes, stats.data_bytes, stats.seconds, verification)
         return stats, sink.snap_id, verification
 
-    def _verify(self, src_img, session, image, snap, options):
+    def _verify(self, src_img, session, image, plan, options):
+        """Compare the new restore point with the source snapshot: what this
+        backup changed (an incremental) or everything (a full)."""
         mode = self.options.verify
         if mode == "none":
             return {"mode": "none"}
         sample = self.options.verify_sample_objects if mode == "sample" else None
-        offset = session.verify(src_img, image, snap, options, sample=sample)
+        since = (plan.from_snap, plan.dest_from) if plan.from_snap else None
+        snap = plan.dest_to
+        offset = session.verify(src_img, image, snap, options, sample=sample, since=since)
         if offset is not None:
             raise exception.BackupDriverException(
                 reason="verification failed: %s@%s differs from the source at offset %d"

@@ -472,28 +472,34 @@ def file_chunks(volume_file, size, chunk_size):
         offset += len(data)
 
 
-def allocated_chunks(images, chunk_size):
-    """Chunks (offset, length, True) where any of ``images`` holds data, ascending."""
+def allocated_chunks(images, chunk_size, since=None):
+    """Chunks (offset, length, True) where any of ``images`` holds data, ascending.
+
+    ``since``: for each image, a snapshot to count only changes since (or None).
+    """
     size = max(img.size() for img in images)
     starts = set()
-    for img in images:
-        for offset, _length, _exists in chunked(changed_extents(img), chunk_size):
+    for img, base in zip(images, since or [None] * len(images), strict=True):
+        for offset, _length, _exists in chunked(changed_extents(img, base), chunk_size):
             starts.add(offset - offset % chunk_size)
     return [(start, min(chunk_size, size - start), True) for start in sorted(starts)]
 
 
-def first_difference(image_a, image_b, options=None, sample=None):
+def first_difference(image_a, image_b, options=None, sample=None, since=None):
     """Compare two images (open at their snapshots); return the first differing
     byte offset, or None when they are identical (size included).
 
     Only chunks that either image has allocated are read, both sides in
     parallel with bounded memory; unallocated chunks read as zeros on both.
-    ``sample``: compare only that many chunks, chosen at random.
+    ``sample``: compare only that many chunks, chosen at random. ``since``:
+    ``(snap_a, snap_b)``, two snapshots known to be equal: only chunks that
+    changed since them are compared (checking an incremental costs what it
+    changed, not what the volume holds).
     """
     options = options or TransferOptions()
     if image_a.size() != image_b.size():
         return min(image_a.size(), image_b.size())
-    chunks = allocated_chunks([image_a, image_b], options.chunk_size)
+    chunks = allocated_chunks([image_a, image_b], options.chunk_size, since)
     if sample is not None and sample < len(chunks):
         chunks = sorted(random.sample(chunks, sample))
     half_bytes = max(options.chunk_size, options.max_in_flight_bytes // 2)

@@ -72,10 +72,12 @@ class TargetSession(abc.ABC):
         is None). ``fresh``: the chain was just started."""
 
     @abc.abstractmethod
-    def verify(self, source_image, chain, snap, options, sample=None):
+    def verify(self, source_image, chain, snap, options, sample=None, since=None):
         """First offset where restore point ``snap`` differs from
         ``source_image`` (open at the backed-up snapshot), or None.
-        ``sample``: compare only that many pieces, chosen at random."""
+        ``sample``: compare only that many pieces, chosen at random.
+        ``since``: ``(source snapshot, restore point)`` this one was
+        incremented from: compare only what changed since."""
 
     @abc.abstractmethod
     def restore_point(self, chain, snap):

@@ -185,7 +185,9 @@ class FileSession(base.TargetSession):
     def writing(self, chain, fresh, options):
         yield ChainDiffSink(self, chain)
 
-    def verify(self, source_image, chain, snap, options, sample=None):
+    def verify(self, source_image, chain, snap, options, sample=None, since=None):
+        """The diff file's records against the source (a diff holds only what
+        changed since its from-snapshot, so ``since`` is implied)."""
         _seq, _snap, path = self._diff_of(chain, snap)
         estimated_records = max(1, os.path.getsize(path) // options.chunk_size)
         odds = 1.0 if sample is None else sample / estimated_records

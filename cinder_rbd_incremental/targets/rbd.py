@@ -243,7 +243,11 @@ class RBDTarget(base.BackupTarget):
     @contextlib.contextmanager
     def session(self):
         with cluster.cluster(self.spec) as client, cluster.ioctx(client, self.pool) as ctx:
-            yield RBDSession(client, ctx)
+            session = RBDSession(client, ctx)
+            try:
+                yield session
+            finally:
+                session.close()
 
     def check_setup(self):
         """Connect and prove the user can write to the pool; ClusterError otherwise."""
@@ -259,28 +263,57 @@ class RBDTarget(base.BackupTarget):
 
 
 class RBDSession(base.TargetSession):
-    """Chains as images in one pool of the backup cluster."""
+    """Chains as images in one pool of the backup cluster.
+
+    A chain's HEAD is opened once per session and kept open until the
+    session closes: opening an image costs several round trips, which count
+    when the backup cluster is at another site. A read-write handle, once
+    opened, serves the reads too (a read-only one would not see the
+    snapshots it creates).
+    """
 
     def __init__(self, client, ctx):
         self.client = client
         self.ctx = ctx
         self.fsid = client.get_fsid()
+        self._heads = {}  # chain -> (rbd.Image, read_only)
 
-    @contextlib.contextmanager
-    def _chain(self, chain, snapshot=None, read_only=False):
+    def close(self):
+        for chain in list(self._heads):
+            self._forget(chain)
+
+    def _forget(self, chain):
+        """Close the kept handle of ``chain`` (before removing the image)."""
+        held = self._heads.pop(chain, None)
+        if held:
+            held[0].close()
+
+    def _open(self, chain, snapshot=None, read_only=False):
         try:
-            img = rbd.Image(self.ctx, chain, snapshot=snapshot, read_only=read_only)
+            return rbd.Image(self.ctx, chain, snapshot=snapshot, read_only=read_only)
         except rbd.ImageNotFound:
             raise base.ChainNotFound("%s/%s%s not found" % (
                 self.ctx.get_pool_name(), chain, "@" + snapshot if snapshot else "")) from None
-        with img:
-            yield img
+
+    @contextlib.contextmanager
+    def _chain(self, chain, snapshot=None, read_only=False):
+        """The chain's HEAD (kept open), or a snapshot of it (closed after)."""
+        if snapshot is not None:
+            with self._open(chain, snapshot, read_only=True) as img:
+                yield img
+            return
+        held = self._heads.get(chain)
+        if held is None or (held[1] and not read_only):
+            self._forget(chain)
+            held = self._heads[chain] = (self._open(chain, read_only=read_only), read_only)
+        yield held[0]
 
     def snapshots(self, chain):
         with self._chain(chain, read_only=True) as img:
             return snapshot_names(img)
 
     def new_chain(self, chain, size, order):
+        self._forget(chain)
         with contextlib.suppress(rbd.ImageNotFound):
             delete_image(self.ctx, chain)
         cluster.create_image_like(self.ctx, chain, size, order=order)
@@ -294,9 +327,10 @@ class RBDSession(base.TargetSession):
                             max_in_flight_ops=options.max_in_flight_ops,
                             max_in_flight_bytes=options.max_in_flight_bytes)
 
-    def verify(self, source_image, chain, snap, options, sample=None):
+    def verify(self, source_image, chain, snap, options, sample=None, since=None):
         with self._chain(chain, snapshot=snap, read_only=True) as written:
-            return engine.first_difference(source_image, written, options, sample=sample)
+            return engine.first_difference(source_image, written, options, sample=sample,
+                                           since=since)
 
     @contextlib.contextmanager
     def restore_point(self, chain, snap):
@@ -336,6 +370,7 @@ class RBDSession(base.TargetSession):
     def delete_backup(self, chain, snap, backup_id):
         with contextlib.suppress(rados.ObjectNotFound):
             self.ctx.remove_object(digests_object(backup_id))
+        self._forget(chain)
         try:
             img = rbd.Image(self.ctx, chain)
         except rbd.ImageNotFound:
@@ -363,6 +398,7 @@ class RBDSession(base.TargetSession):
             return
         for snap in mine:
             self.delete_backup(chain, snap, backup_id)
+        self._forget(chain)
         self._undo_pending(chain, backup_id)
         own_chain = (naming.parse_chain_image(chain) or (None, None))[1] == backup_id
         if own_chain and not mine:

@@ -10,10 +10,12 @@ import os
 import random
 import unittest
 import uuid
+from unittest import mock
 
 from cinder import exception
 
 from cinder_rbd_incremental import cluster, naming
+from cinder_rbd_incremental.targets import rbd as rbd_target
 from tests.functional import cinder_env
 
 GiB = 1 << 30
@@ -66,6 +68,8 @@ class DriverTestCase(unittest.TestCase):
         """Leave what an interrupted import leaves: writes on the chain's HEAD."""
         with self.env.chain_image(name) as chain:
             chain.write(b"junk" * 1024, 0)
+
+    sink_class = rbd_target.ImageSink
 
     def leave_unfinished_chain(self, name):
         with self.env.secondary() as ctx:
@@ -259,6 +263,40 @@ class DriverTestCase(unittest.TestCase):
             with self.env.overridden(**bad), \
                     self.assertRaises(exception.BackupDriverException, msg=bad):
                 self.env.driver().check_for_setup_error()
+
+    def test_verification_catches_a_corrupted_write(self):
+        """A backup whose data did not land as read never becomes a restore point."""
+        volume = self.new_volume()
+        self.write(volume)
+        full = self.backup(volume)
+        self.write(volume)
+        write = self.sink_class.write
+
+        def corrupting(sink, offset, data):
+            data = bytearray(data)
+            data[0] ^= 0xFF
+            return write(sink, offset, bytes(data))
+
+        for mode in ("sample", "full"):
+            backup = self.env.create_backup(volume, full, None)
+            self.addCleanup(self.env.delete_backup_quietly, self.driver, backup)
+            with self.env.overridden(verify=mode), \
+                    mock.patch.object(self.sink_class, "write", corrupting), \
+                    self.env.volume_file(volume) as volume_file, \
+                    self.assertRaisesRegex(exception.BackupDriverException,
+                                           "verification failed"):
+                self.env.driver().backup(backup, volume_file)
+            image = self.env.location(full)[1]
+            self.assertNotIn(naming.backup_snapshot(backup.id, now=0).rsplit(".snap.")[0],
+                             " ".join(self.chain_snapshots(image)))
+        later = self.backup(volume, parent=full)  # the chain is still usable
+        target = self.new_volume()
+        self.restore(later, target, volume_is_new=True)
+        self.assertEqual(self.checksum(volume), self.checksum(target))
+
+    def chain_snapshots(self, name):
+        with self.env.chain_image(name) as img:
+            return [s["name"] for s in img.list_snaps()]
 
     def test_delete_of_an_unfinished_backup_removes_its_leftovers(self):
         volume = self.new_volume()

@@ -12,6 +12,7 @@ import tempfile
 from cinder import exception
 
 from cinder_rbd_incremental import opts
+from cinder_rbd_incremental.targets import file as file_target
 from tests.functional import cinder_env, test_driver
 
 
@@ -23,8 +24,13 @@ class FileTargetDriverTestCase(test_driver.DriverTestCase):
             self.addCleanup(self.env.conf.clear_override, name, group=opts.GROUP)
         super().setUp()
 
+    sink_class = file_target.ChainDiffSink
+
     def chain_exists(self, name):
         return os.path.isdir(os.path.join(self.directory, name))
+
+    def chain_snapshots(self, name):
+        return os.listdir(os.path.join(self.directory, name))
 
     def dirty_chain(self, name):
         """An interrupted write leaves a temporary file, never a ``.diff``."""
