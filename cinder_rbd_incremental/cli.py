@@ -26,6 +26,7 @@ from cinder_rbd_incremental.targets import rbd as rbd_target
 
 EXIT_ERROR, EXIT_USAGE, EXIT_ALREADY, EXIT_REFUSED, EXIT_DIFFERENT = 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
+LOG = logging.getLogger("rbd-incremental")
 
 
 class CommandError(Exception):
@@ -74,6 +75,14 @@ def _common_args(default):
     common.add_argument("-c", "--conf", help="ceph.conf (default: librados' search path)")
     common.add_argument("--id", help="cephx user, without the client. prefix")
     common.add_argument("--keyring", help="keyring file")
+    common.add_argument("--connect-timeout", type=positive_int, metavar="SECONDS",
+                        help="give up connecting after SECONDS (default: ceph.conf's "
+                             "client_mount_timeout)")
+    common.add_argument("--op-timeout", type=positive_int, metavar="SECONDS",
+                        help="fail a RADOS operation after SECONDS, e.g. when an OSD is down "
+                             "(default: ceph.conf's rados_osd_op_timeout and "
+                             "rados_mon_op_timeout, %d s where it sets none)"
+                        % cluster.DEFAULT_OP_TIMEOUT)
     common.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     common.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
     return common
@@ -84,7 +93,7 @@ def build_parser():
         prog="rbd-incremental", parents=[_common_args(None)],
         description="Incremental RBD transfers: export, import, inspect, merge, sync and "
                     "verify RBD diffs, checking that a diff lands on the right state.")
-    parser.set_defaults(no_progress=False, debug=False)
+    parser.set_defaults(no_progress=False, debug=False, connect_timeout=None, op_timeout=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_args(argparse.SUPPRESS)
 
@@ -152,10 +161,15 @@ def build_parser():
 # --- helpers ----------------------------------------------------------------
 
 def cluster_spec(args, prefix=""):
-    """A ClusterSpec from ``--PREFIXconf/id/keyring``, defaulting to -c/--id/--keyring."""
+    """A ClusterSpec from ``--PREFIXconf/id/keyring``, defaulting to -c/--id/--keyring.
+
+    Timeouts not given on the command line stay what ceph.conf says.
+    """
     def pick(name):
         return getattr(args, prefix + name, None) or getattr(args, name)
-    return cluster.ClusterSpec(conf=pick("conf"), user=pick("id"), keyring=pick("keyring"))
+    return cluster.ClusterSpec(conf=pick("conf"), user=pick("id"), keyring=pick("keyring"),
+                               connect_timeout=getattr(args, "connect_timeout", None),
+                               op_timeout=getattr(args, "op_timeout", None))
 
 
 def engine_options(args):
@@ -249,8 +263,11 @@ def cmd_import_diff(args):
         lineage = header.lineage or {}
         plan = engine.Plan(to_snap=header.to_snap, size=header.size, from_snap=header.from_snap,
                            identity_from=lineage.get("from"), identity_to=lineage.get("to"))
-        with cluster.open_image(cluster_spec(args), pool, name) as img:
-            sink = rbd_target.ImageSink(img, force=args.force, rollback=args.rollback)
+        who = cluster.user_name(cluster_spec(args))
+        with cluster.cluster(cluster_spec(args)) as client, \
+                cluster.ioctx(client, pool) as ctx, cluster.image(ctx, name, who=who) as img:
+            sink = rbd_target.ImageSink(img, force=args.force, rollback=args.rollback,
+                                        ioctx=ctx, who=who)
             with progress_bar(args, "import-diff") as progress:
                 stats = engine.apply_records(reader, sink, plan, args.zero_granularity, progress)
     report(stats)
@@ -308,32 +325,46 @@ def cmd_sync(args):
     with source_image(cluster_spec(args, "src_"), args.source) as (client, img, snap):
         plan = make_plan(client, img, snap, args.from_snap)
         dest_spec = cluster_spec(args, "dest_")
+        who = cluster.user_name(dest_spec)
         with cluster.cluster(dest_spec) as dest, cluster.ioctx(dest, dest_pool) as ctx:
-            fresh = _create_if_missing(ctx, dest_name, img, args.from_snap)
-            with cluster.image(ctx, dest_name) as dest_img:
-                sink = rbd_target.ImageSink(dest_img, fresh=fresh, force=args.force,
-                                            rollback=args.rollback,
+            _create_if_missing(ctx, dest_name, img, args.from_snap, who)
+            with cluster.image(ctx, dest_name, who=who) as dest_img:
+                rbd_target.repair_object_map(ctx, dest_img)  # before anything reads it
+                sink = rbd_target.ImageSink(dest_img, fresh=_reads_as_zeros(dest_img),
+                                            force=args.force, rollback=args.rollback,
                                             max_in_flight_ops=options.max_in_flight_ops,
-                                            max_in_flight_bytes=options.max_in_flight_bytes)
+                                            max_in_flight_bytes=options.max_in_flight_bytes,
+                                            ioctx=ctx, who=who)
                 with progress_bar(args, "sync") as progress:
                     stats = engine.transfer(img, sink, plan, options, progress)
     report(stats)
 
 
-def _create_if_missing(ctx, name, src_img, from_snap):
+def _create_if_missing(ctx, name, src_img, from_snap, who=None):
     """Create the destination like the source (format 2, size, object size).
 
-    Returns True when it was created (it then reads as zeros).
+    An image left half created by an interrupted sync (listed with no header,
+    or without its object map; holding nothing) is removed and created again.
     """
+    if rbd_target.creation_interrupted(ctx, name):
+        LOG.warning("destination %s/%s was left half created by an interrupted sync: "
+                    "creating it again", ctx.get_pool_name(), name)
+        rbd_target.remove_image(ctx, name)
     try:
         with cluster.image(ctx, name, read_only=True):
-            return False
+            return
     except cluster.ClusterError:
         if from_snap:
             raise CommandError("destination %s does not exist; an incremental sync needs "
                                "the image holding snapshot %s" % (name, from_snap)) from None
-    cluster.create_image_like(ctx, name, src_img.size(), order=src_img.stat()["order"])
-    return True
+    cluster.create_image_like(ctx, name, src_img.size(), order=src_img.stat()["order"],
+                              who=who)
+
+
+def _reads_as_zeros(img):
+    """True when the destination holds no snapshot and no data, e.g. just created
+    (also by an earlier, interrupted run): zero runs need not be written."""
+    return not rbd_target.snapshot_names(img) and not rbd_target.has_extents(img)
 
 
 def cmd_verify(args):
@@ -373,9 +404,21 @@ def main(argv=None):
     except Exception as exc:
         if args.debug or not isinstance(exc, ERRORS + (_rbd_errors())):
             raise
-        print("rbd-incremental: %s: %s" % (args.command, exc), file=sys.stderr)
+        print("rbd-incremental: %s: %s%s" % (args.command, exc, _capability_hint(exc)),
+              file=sys.stderr)
         return exit_code(exc)
     return 0
+
+
+def _capability_hint(exc):
+    """A bare EPERM/EACCES from librados or librbd: say which capabilities to check."""
+    import rados
+    import rbd
+    if isinstance(exc, (rbd.PermissionError, rados.PermissionError,
+                        rados.PermissionDeniedError)):
+        return (" (the cephx user lacks a capability: reading needs osd 'profile "
+                "rbd-read-only pool=POOL', writing osd 'profile rbd pool=POOL')")
+    return ""
 
 
 def _rbd_errors():

@@ -100,6 +100,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         names the capabilities this driver needs."""
         try:
             return run_native(func, *args)
+        except cluster.PermissionDenied as exc:
+            raise exception.BackupDriverException(reason=str(exc)) from None
         except (rados.PermissionError, rbd.PermissionError) as exc:
             raise exception.BackupDriverException(reason=(
                 "permission denied (%s): the volume cluster's user needs 'profile rbd "
@@ -356,10 +358,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
     def _prune_source_snapshots(src_ctx, job, keep):
         """Keep only the newest backup snapshot on the volume (the next parent)."""
         with cluster.image(src_ctx, job.source_image) as img:
-            for name in rbd_target.snapshot_names(img):
-                if name != keep and naming.parse_backup_snapshot(name):
-                    LOG.info("removing old backup snapshot %s@%s", job.source_image, name)
-                    img.remove_snap(name)
+            # also those an interrupted removal left in the trash namespace
+            for name in rbd_target.remove_snapshots(
+                    img, lambda name: name != keep and naming.parse_backup_snapshot(name)):
+                LOG.info("removed old backup snapshot %s@%s", job.source_image, name)
 
     @contextlib.contextmanager
     def _progress_notifications(self, backup, progress):
@@ -526,10 +528,9 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         try:
             with cluster.open_image(self.source_spec(), self.options.source_ceph_pool,
                                     image_name) as img:
-                for snap in rbd_target.snapshot_names(img):
-                    if naming.parse_backup_snapshot(snap) == backup_id:
-                        LOG.info("removing %s@%s left by an unfinished backup", image_name, snap)
-                        img.remove_snap(snap)
+                for snap in rbd_target.remove_snapshots(
+                        img, lambda name: naming.parse_backup_snapshot(name) == backup_id):
+                    LOG.info("removed %s@%s left by an unfinished backup", image_name, snap)
         except (cluster.ClusterError, rbd.Error) as exc:
             LOG.warning("could not look for snapshots of backup %s on %s: %s", backup_id,
                         image_name, exc)
@@ -542,8 +543,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return  # a Cinder snapshot that was backed up: the user's, not ours
         try:
             with cluster.open_image(self.source_spec(), source["pool"], source["image"]) as img:
-                if snap in rbd_target.snapshot_names(img):
-                    img.remove_snap(snap)
+                rbd_target.remove_snapshots(img, lambda name: name == snap)
         except (cluster.ClusterError, rbd.Error) as exc:
             LOG.warning("could not remove source snapshot %s of %s: %s", snap,
                         source.get("image"), exc)

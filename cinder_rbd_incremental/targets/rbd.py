@@ -43,7 +43,159 @@ def get_meta_json(img, key):
 
 
 def snapshot_names(img):
-    return [snap["name"] for snap in img.list_snaps()]
+    """Names of the image's user snapshots (in creation order).
+
+    Snapshots in other namespaces are left out: a trash-namespace snapshot
+    (one whose removal was interrupted, see :func:`trashed_snapshots`) has a
+    UUID for a name; group and mirror snapshots are not ours.
+    """
+    return [snap["name"] for snap in img.list_snaps() if _is_user_snapshot(snap)]
+
+
+def _is_user_snapshot(snap):
+    return snap.get("namespace", rbd.RBD_SNAP_NAMESPACE_TYPE_USER) \
+        == rbd.RBD_SNAP_NAMESPACE_TYPE_USER
+
+
+def trashed_snapshots(img):
+    """``[(snap_id, original_name)]`` of the image's trash-namespace snapshots.
+
+    librbd removes a snapshot in steps: it first moves it to the trash
+    namespace (renamed to a UUID, the original name kept), then removes its
+    object map and finally the snapshot. A process killed in between leaves
+    the snapshot there, invisible to ``rbd snap ls`` and to name matching,
+    holding its data until it is removed by id (or with its image). (A
+    snapshot that still has clones also waits in the trash, until its last
+    clone goes.)
+    """
+    found = []
+    for snap in img.list_snaps():
+        if snap.get("namespace") == rbd.RBD_SNAP_NAMESPACE_TYPE_TRASH:
+            found.append((snap["id"], (snap.get("trash") or {}).get("original_name")))
+    return found
+
+
+def purge_trashed_snapshots(img, match=None):
+    """Finish interrupted removals: remove the trash-namespace snapshots whose
+    original name satisfies ``match(name)`` (None: all of them).
+
+    Returns the original names removed. A snapshot that cannot go (it still
+    has clones) is logged and left.
+    """
+    removed = []
+    for snap_id, original in trashed_snapshots(img):
+        if match is not None and not match(original):
+            continue
+        try:
+            img.remove_snap_by_id(snap_id)
+        except rbd.ImageNotFound:
+            pass  # removed meanwhile
+        except rbd.ImageBusy as exc:
+            LOG.warning("snapshot %s (%s) of %s is in the trash and still in use: %s",
+                        snap_id, original, img.get_name(), exc)
+            continue
+        LOG.info("removed snapshot %s@%s, left in the trash by an interrupted removal",
+                 img.get_name(), original)
+        removed.append(original)
+    return removed
+
+
+def remove_snapshots(img, match):
+    """Remove every snapshot whose name satisfies ``match(name)``: user
+    snapshots (unprotected first) and those an interrupted removal left in the
+    trash namespace under that original name. Returns the names removed."""
+    removed = []
+    for name in snapshot_names(img):
+        if match(name):
+            if img.is_protected_snap(name):
+                img.unprotect_snap(name)
+            try:
+                img.remove_snap(name)
+            except rbd.ImageNotFound:
+                continue  # removed meanwhile
+            removed.append(name)
+    return removed + purge_trashed_snapshots(img, match)
+
+
+def remove_image(ctx, name):
+    """Remove an image with its snapshots, whatever an interrupted operation left.
+
+    Handles protected snapshots, snapshots left in the trash namespace and an
+    image whose creation was interrupted (listed, but with no header to
+    open). Raises rbd.ImageNotFound when there is no such image.
+    """
+    try:
+        img = rbd.Image(ctx, name)
+    except rbd.ImageNotFound:
+        if name not in rbd.RBD().list(ctx):
+            raise
+        # half created: librbd's remove cleans up what is there
+        rbd.RBD().remove(ctx, name)
+        LOG.info("removed %s/%s, an image whose creation was interrupted",
+                 ctx.get_pool_name(), name)
+        return
+    with img:
+        remove_snapshots(img, lambda _name: True)
+    rbd.RBD().remove(ctx, name)
+
+
+def repair_object_map(ctx, img):
+    """Rebuild the object map of ``img`` (open for writing) if it is missing or
+    flagged invalid; returns True if it did.
+
+    ``rbd create`` makes the object map last: a creation interrupted just
+    before (e.g. by a stopped OSD) leaves an image that opens, but whose
+    snapshots could not be opened. librbd flags the map invalid once it
+    notices, and an invalid map also makes fast-diff answers unusable.
+    """
+    if not img.features() & rbd.RBD_FEATURE_OBJECT_MAP:
+        return False
+    try:
+        ctx.stat("rbd_object_map." + img.id())
+        if not img.flags() & rbd.RBD_FLAG_OBJECT_MAP_INVALID:
+            return False
+    except rados.ObjectNotFound:
+        pass
+    LOG.warning("%s has no valid object map (its creation was interrupted?): rebuilding it",
+                img.get_name())
+    img.rebuild_object_map()
+    return True
+
+
+def creation_interrupted(ctx, name):
+    """True when image ``name`` was left half created and holds nothing.
+
+    ``rbd create`` adds the name to the pool's directory, writes the header,
+    then the object map; a creation interrupted in between (a killed process,
+    a stopped OSD) leaves a name with no header to open, or an image without
+    its object map (whose snapshots could not be opened). Either is
+    half created if it also has no snapshot, no data and no pending marker.
+    """
+    try:
+        img = rbd.Image(ctx, name, read_only=True)
+    except rbd.ImageNotFound:
+        return name in rbd.RBD().list(ctx)
+    with img:
+        if not img.features() & rbd.RBD_FEATURE_OBJECT_MAP:
+            return False
+        try:
+            ctx.stat("rbd_object_map." + img.id())
+            return False
+        except rados.ObjectNotFound:
+            pass
+        # (read only, librbd does without the map: no writes, exact answers)
+        return (not list(img.list_snaps()) and get_meta_json(img, PENDING_KEY) is None
+                and not has_extents(img))
+
+
+def snapshot_opens(ctx, name, snap_name):
+    """True when ``name@snap_name`` can be opened (a snapshot whose creation
+    was interrupted is listed, but its object map is missing)."""
+    try:
+        with rbd.Image(ctx, name, snapshot=snap_name, read_only=True):
+            return True
+    except rbd.ImageNotFound:
+        return False
 
 
 def has_extents(img, from_snap=None):
@@ -102,16 +254,27 @@ class ImageSink(engine.Sink):
     ``fresh``: the image was just created for this transfer and reads as
     zeros, so zero runs are skipped. ``force`` skips the state checks;
     ``rollback`` rolls a HEAD that changed since the from-snapshot back to it
-    first (the safe recovery after an interrupted import).
+    first (the safe recovery after an interrupted import). ``ioctx``: the
+    image's pool, when the caller has it: an existing end snapshot is then
+    also checked to open. ``who`` (``client.<id>``) names the user in a
+    permission error.
+
+    An end snapshot that exists while the pending marker of this very
+    transfer is still set (the process died inside ``commit``, e.g. in
+    ``create_snap``) or that cannot be opened is incomplete: it is removed
+    and the transfer done again, instead of reporting "already applied".
     """
 
     def __init__(self, img, fresh=False, force=False, rollback=False,
                  max_in_flight_ops=engine.TransferOptions.max_in_flight_ops,
-                 max_in_flight_bytes=engine.TransferOptions.max_in_flight_bytes):
+                 max_in_flight_bytes=engine.TransferOptions.max_in_flight_bytes,
+                 ioctx=None, who=None):
         self.image = img
         self.fresh = fresh
         self.force = force
         self.rollback = rollback
+        self.ioctx = ioctx
+        self.who = who
         self.plan = None
         self.snap_id = None
         self.data_bytes = 0
@@ -119,11 +282,14 @@ class ImageSink(engine.Sink):
 
     def begin(self, plan):
         self.plan = plan
-        self._check_state(plan)
-        if plan.dest_to:  # an end state to protect: mark HEAD as being written
-            self.image.metadata_set(PENDING_KEY, json.dumps(self._pending_marker(plan)))
-        if self.image.size() != plan.size:
-            self.image.resize(plan.size)
+        with self._permission("write to image %s" % self.image.get_name()):
+            if self.ioctx is not None:
+                repair_object_map(self.ioctx, self.image)
+            self._check_state(plan)
+            if plan.dest_to:  # an end state to protect: mark HEAD as being written
+                self.image.metadata_set(PENDING_KEY, json.dumps(self._pending_marker(plan)))
+            if self.image.size() != plan.size:
+                self.image.resize(plan.size)
 
     def write(self, offset, data):
         self.data_bytes += len(data)
@@ -135,21 +301,31 @@ class ImageSink(engine.Sink):
 
     def commit(self):
         self._writer.drain()
-        self.image.flush()
-        end = self.plan.dest_to
-        if end and self.plan.identity_to:
-            self.image.metadata_set(snap_meta_key(end),
-                                    json.dumps(self.plan.identity_to, sort_keys=True))
-        if end:
-            self.image.create_snap(end)
-            self.snap_id = self.image.snap_get_id(end)
-            self.image.metadata_remove(PENDING_KEY)
+        with self._permission("snapshot image %s" % self.image.get_name()):
+            self.image.flush()
+            end = self.plan.dest_to
+            if end and self.plan.identity_to:
+                self.image.metadata_set(snap_meta_key(end),
+                                        json.dumps(self.plan.identity_to, sort_keys=True))
+            if end:
+                self.image.create_snap(end)
+                self.snap_id = self.image.snap_get_id(end)
+                self.image.metadata_remove(PENDING_KEY)
 
     def abort(self):
         try:
             self._writer.drain()
         except Exception as exc:  # the original error is what matters
             LOG.debug("ignoring write error while aborting: %s", exc)
+
+    @contextlib.contextmanager
+    def _permission(self, doing):
+        """Turn librbd's bare EPERM into an error naming the capability."""
+        try:
+            yield
+        except rbd.PermissionError as exc:
+            pool = self.ioctx.get_pool_name() if self.ioctx is not None else None
+            raise cluster.missing_capability(self.who, pool, doing, exc) from None
 
     @staticmethod
     def _pending_marker(plan):
@@ -158,12 +334,19 @@ class ImageSink(engine.Sink):
     def _check_state(self, plan):
         names = snapshot_names(self.image)
         where = self.image.get_name()
-        if plan.dest_to and plan.dest_to in names:
-            raise engine.AlreadyApplied("%s already has snapshot %s: nothing to do"
-                                        % (where, plan.dest_to))
+        resuming = get_meta_json(self.image, PENDING_KEY) == self._pending_marker(plan)
+        end = plan.dest_to
+        if end and end in names:
+            if not self._incomplete(end, names, resuming, where):
+                raise engine.AlreadyApplied("%s already has snapshot %s: nothing to do"
+                                            % (where, end))
+            self._remove_end_snapshot(end, where)
+            names.remove(end)
+            resuming = True  # HEAD holds (part of) this very transfer
+        if end:  # a removal of it that was interrupted (above, in an earlier run)
+            purge_trashed_snapshots(self.image, lambda name: name == end)
         if self.force:
             return
-        resuming = get_meta_json(self.image, PENDING_KEY) == self._pending_marker(plan)
         base = plan.dest_from
         if base is None:
             self._check_empty(where, names, resuming)
@@ -183,6 +366,31 @@ class ImageSink(engine.Sink):
                     "changes or --force to apply anyway" % (where, base))
             LOG.warning("rolling %s back to %s", where, base)
             rollback(self.image, base)
+
+    def _incomplete(self, end, names, resuming, where):
+        """True when the existing end snapshot is not a finished transfer's."""
+        if resuming:
+            # commit() removes the marker right after create_snap returned:
+            # the process that wrote this snapshot died before that
+            LOG.warning("%s@%s exists but its transfer never finished (interrupted while "
+                        "snapshotting): removing it and transferring again", where, end)
+            return True
+        if self.ioctx is None or snapshot_opens(self.ioctx, where, end):
+            return False
+        if names[-1] != end:
+            raise engine.StateError("%s@%s cannot be opened and newer snapshots depend on "
+                                    "it: the image is damaged" % (where, end))
+        LOG.warning("%s@%s cannot be opened (its creation was interrupted): removing it and "
+                    "transferring again", where, end)
+        return True
+
+    def _remove_end_snapshot(self, end, where):
+        if self.image.is_protected_snap(end):
+            self.image.unprotect_snap(end)
+        self.image.remove_snap(end)
+        with contextlib.suppress(KeyError):
+            self.image.metadata_remove(snap_meta_key(end))
+        LOG.info("removed the incomplete snapshot %s@%s", where, end)
 
     def _check_empty(self, where, names, resuming):
         """A full transfer goes onto an image with no snapshot and no data."""
@@ -206,14 +414,7 @@ def digests_object(backup_id):
     return META_PREFIX + "digests." + backup_id
 
 
-def delete_image(ctx, name):
-    """Remove an image and its snapshots; rbd.ImageNotFound if there is none."""
-    with rbd.Image(ctx, name) as img:
-        for snap in img.list_snaps():
-            if img.is_protected_snap(snap["name"]):
-                img.unprotect_snap(snap["name"])
-            img.remove_snap(snap["name"])
-    rbd.RBD().remove(ctx, name)
+delete_image = remove_image  # also what interrupted removals and creations left
 
 
 class RBDTarget(base.BackupTarget):
@@ -243,7 +444,7 @@ class RBDTarget(base.BackupTarget):
     @contextlib.contextmanager
     def session(self):
         with cluster.cluster(self.spec) as client, cluster.ioctx(client, self.pool) as ctx:
-            session = RBDSession(client, ctx)
+            session = RBDSession(client, ctx, cluster.user_name(self.spec))
             try:
                 yield session
             finally:
@@ -272,9 +473,10 @@ class RBDSession(base.TargetSession):
     snapshots it creates).
     """
 
-    def __init__(self, client, ctx):
+    def __init__(self, client, ctx, who=None):
         self.client = client
         self.ctx = ctx
+        self.who = who
         self.fsid = client.get_fsid()
         self._heads = {}  # chain -> (rbd.Image, read_only)
 
@@ -316,7 +518,7 @@ class RBDSession(base.TargetSession):
         self._forget(chain)
         with contextlib.suppress(rbd.ImageNotFound):
             delete_image(self.ctx, chain)
-        cluster.create_image_like(self.ctx, chain, size, order=order)
+        cluster.create_image_like(self.ctx, chain, size, order=order, who=self.who)
 
     @contextlib.contextmanager
     def writing(self, chain, fresh, options):
@@ -325,7 +527,8 @@ class RBDSession(base.TargetSession):
         with self._chain(chain) as img:
             yield ImageSink(img, fresh=fresh, rollback=True,
                             max_in_flight_ops=options.max_in_flight_ops,
-                            max_in_flight_bytes=options.max_in_flight_bytes)
+                            max_in_flight_bytes=options.max_in_flight_bytes,
+                            ioctx=self.ctx, who=self.who)
 
     def verify(self, source_image, chain, snap, options, sample=None, since=None):
         with self._chain(chain, snapshot=snap, read_only=True) as written:
@@ -377,9 +580,8 @@ class RBDSession(base.TargetSession):
             LOG.info("chain image %s is already gone", chain)
             return
         with img:
-            if snap in snapshot_names(img):
-                img.remove_snap(snap)
-            else:
+            # a removal interrupted earlier left it in the trash namespace: finish it
+            if not remove_snapshots(img, lambda name: name == snap):
                 LOG.info("snapshot %s@%s is already gone", chain, snap)
             for key in (backup_meta_key(backup_id), volume_meta_key(backup_id),
                         snap_meta_key(snap)):
@@ -388,19 +590,24 @@ class RBDSession(base.TargetSession):
             left = snapshot_names(img)
         if not left:
             LOG.info("removing chain image %s: no backup left in it", chain)
-            rbd.RBD().remove(self.ctx, chain)
+            with contextlib.suppress(rbd.ImageNotFound):
+                remove_image(self.ctx, chain)  # with what interrupted removals left
 
     def delete_attempt(self, chain, backup_id):
+        own_chain = (naming.parse_chain_image(chain) or (None, None))[1] == backup_id
         try:
-            mine = [name for name in self.snapshots(chain)
-                    if naming.parse_backup_snapshot(name) == backup_id]
+            with self._chain(chain, read_only=True) as img:
+                names = snapshot_names(img) + [name for _id, name in trashed_snapshots(img)]
         except base.ChainNotFound:
+            if own_chain:  # its creation may have been interrupted: listed, no header
+                with contextlib.suppress(rbd.ImageNotFound):
+                    remove_image(self.ctx, chain)
             return
+        mine = [name for name in names if naming.parse_backup_snapshot(name) == backup_id]
         for snap in mine:
             self.delete_backup(chain, snap, backup_id)
         self._forget(chain)
         self._undo_pending(chain, backup_id)
-        own_chain = (naming.parse_chain_image(chain) or (None, None))[1] == backup_id
         if own_chain and not mine:
             LOG.info("removing chain image %s left by an unfinished backup", chain)
             with contextlib.suppress(rbd.ImageNotFound):

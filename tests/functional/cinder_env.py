@@ -1,13 +1,20 @@
-"""A real Cinder environment for driver tests: objects on sqlite, the sandbox.
+"""A real Cinder environment for driver tests: objects on sqlite, a sandbox pair.
 
 Follows what cinder-backup does: the manager creates the driver with a
 request context, hands it os-brick's ``RBDVolumeIOWrapper`` and applies the
 returned updates to the backup.
+
+One environment per process (oslo.config's CONF is global). By default it
+uses the main sandbox (``$SANDBOX_DIR`` or ``.sandbox/``) and a fresh sqlite
+file; the reliability tier passes its own sandbox directory and a database
+file that its crash-worker processes open too (``create_db=False``), so a
+chain started in one process is continued in another.
 """
 
 import contextlib
 import os
 import tempfile
+import threading
 
 import rbd
 from cinder import context, objects, rpc
@@ -19,58 +26,90 @@ from os_brick.initiator import linuxrbd
 from cinder_rbd_incremental import cluster, driver, lineage, opts
 from cinder_rbd_incremental.targets import rbd as rbd_target
 
-SANDBOX = os.environ.get("SANDBOX_DIR") or os.path.join(
-    os.path.dirname(__file__), "..", "..", ".sandbox")
-PRIMARY_CONF = os.path.abspath(os.path.join(SANDBOX, "primary", "ceph.conf"))
-SECONDARY_CONF = os.path.abspath(os.path.join(SANDBOX, "secondary", "ceph.conf"))
+SANDBOX = os.path.abspath(os.environ.get("SANDBOX_DIR") or os.path.join(
+    os.path.dirname(__file__), "..", "..", ".sandbox"))
 CLASS_PATH = "cinder_rbd_incremental.driver.RBDIncrementalBackupDriver"
+FEATURES = (rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK
+            | rbd.RBD_FEATURE_OBJECT_MAP | rbd.RBD_FEATURE_FAST_DIFF)
+
+
+def conf_path(sandbox_dir, name):
+    """ceph.conf of cluster ``name`` (primary, secondary) of a sandbox pair."""
+    return os.path.join(os.path.abspath(sandbox_dir), name, "ceph.conf")
+
+
+PRIMARY_CONF = conf_path(SANDBOX, "primary")
+SECONDARY_CONF = conf_path(SANDBOX, "secondary")
 
 
 class CinderEnv:
+    """Cinder objects and the driver on one sandbox pair (see the module doc)."""
+
     _instance = None
+    # [backup_rbd_incremental] options the tests run with (set_options' defaults)
+    DEFAULT_OPTIONS = {"verify": "full", "connect_timeout": 10}
 
     @classmethod
-    def get(cls):
-        if cls._instance is None:
-            cls._instance = cls()
-        return cls._instance
+    def get(cls, sandbox_dir=None, db_path=None, create_db=True):
+        """The process's environment; the first call's arguments choose it."""
+        if CinderEnv._instance is None:
+            CinderEnv._instance = cls(sandbox_dir, db_path, create_db)
+        elif (not isinstance(CinderEnv._instance, cls)
+              or (sandbox_dir or SANDBOX) != CinderEnv._instance.sandbox_dir
+              or (db_path and db_path != CinderEnv._instance.db_path)):
+            raise RuntimeError("one Cinder environment per process")
+        return CinderEnv._instance
 
-    def __init__(self):
-        for conf in (PRIMARY_CONF, SECONDARY_CONF):
+    def __init__(self, sandbox_dir=None, db_path=None, create_db=True):
+        self.sandbox_dir = sandbox_dir or SANDBOX
+        self.sandbox_primary_conf = conf_path(self.sandbox_dir, "primary")
+        self.secondary_conf = conf_path(self.sandbox_dir, "secondary")
+        for conf in (self.sandbox_primary_conf, self.secondary_conf):
             if not os.path.exists(conf):
                 raise RuntimeError("sandbox is not up (%s missing): run `make sandbox`" % conf)
+        # what os-brick connects with (a test may hand it another conf file)
+        self.primary_conf = self.sandbox_primary_conf
         objects.register_all()
         self.conf = config.CONF
-        self.tmpdir = tempfile.mkdtemp(prefix="cinder-env-")
+        if db_path:
+            self.tmpdir = os.path.dirname(os.path.abspath(db_path))
+        else:
+            self.tmpdir = tempfile.mkdtemp(prefix="cinder-env-")
+        self.db_path = db_path or os.path.join(self.tmpdir, "cinder.sqlite")
         self.conf([], project="cinder", default_config_files=[])
-        self.conf.set_override("connection", "sqlite:///%s/cinder.sqlite" % self.tmpdir,
-                               group="database")
-        migration.db_sync()
+        self.conf.set_override("connection", "sqlite:///%s" % self.db_path, group="database")
+        if create_db:
+            migration.db_sync()
         import oslo_messaging
         oslo_messaging.get_notification_transport(self.conf, url="fake:/")
         self.conf.set_override("transport_url", "fake:/")
         self.conf.set_override("driver", ["test"], group="oslo_messaging_notifications")
         rpc.init(self.conf)
         self.ctxt = context.RequestContext("user", "project", is_admin=True)
-        self.volume_type = volume_types.get_default_volume_type()
+        self.db_lock = threading.Lock()  # sqlite: one writer at a time in this process
+        with self.db_lock:
+            self.volume_type = volume_types.get_default_volume_type()
         self.set_options()
 
     def set_options(self, **overrides):
-        values = dict(backup_ceph_conf=SECONDARY_CONF, backup_ceph_user="cinder-backup",
-                      backup_ceph_pool="backups", source_ceph_conf=PRIMARY_CONF,
-                      source_ceph_user="cinder", verify="full", connect_timeout=10)
+        values = dict(self.DEFAULT_OPTIONS, backup_ceph_conf=self.secondary_conf,
+                      backup_ceph_user="cinder-backup", backup_ceph_pool="backups",
+                      backup_ceph_keyring=None, source_ceph_conf=self.primary_conf,
+                      source_ceph_user="cinder")
         values.update(overrides)
         for name, value in values.items():
             self.conf.set_override(name, value, group=opts.GROUP)
 
     @contextlib.contextmanager
-    def overridden(self, **overrides):
-        """Options changed for the duration of a block."""
+    def overridden(self, primary_conf=None, **overrides):
+        """Options (and the conf file os-brick uses for volumes) changed for a block."""
+        self.primary_conf = primary_conf or self.primary_conf
         for name, value in overrides.items():
             self.conf.set_override(name, value, group=opts.GROUP)
         try:
             yield
         finally:
+            self.primary_conf = self.sandbox_primary_conf
             for name in overrides:
                 self.conf.clear_override(name, group=opts.GROUP)
             self.set_options()
@@ -80,47 +119,65 @@ class CinderEnv:
 
     # -- Cinder objects ------------------------------------------------------------
 
-    def create_volume(self, size_gb):
-        volume = objects.Volume(self.ctxt, size=size_gb, status="available",
-                                volume_type_id=self.volume_type["id"], user_id="user",
-                                project_id="project")
-        volume.create()
+    def create_volume(self, size_gb=1):
+        with self.db_lock:
+            volume = objects.Volume(self.ctxt, size=size_gb, status="available",
+                                    volume_type_id=self.volume_type["id"], user_id="user",
+                                    project_id="project")
+            volume.create()
         with self.primary() as ctx:
             rbd.RBD().create(ctx, volume.name, size_gb << 30, old_format=False,
-                             features=rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK
-                             | rbd.RBD_FEATURE_OBJECT_MAP | rbd.RBD_FEATURE_FAST_DIFF)
+                             features=FEATURES)
         return volume
 
     def delete_volume(self, volume):
         with self.primary() as ctx:
             with contextlib.suppress(rbd.ImageNotFound):
-                rbd_target.RBDTarget.delete_image(ctx, volume.name)
+                rbd_target.remove_image(ctx, volume.name)
+
+    def volume(self, volume_id):
+        with self.db_lock:
+            return objects.Volume.get_by_id(self.ctxt, volume_id)
 
     def create_snapshot(self, volume):
-        snapshot = objects.Snapshot(self.ctxt, volume_id=volume.id, volume_size=volume.size,
-                                    status="available", user_id="user", project_id="project",
-                                    volume_type_id=self.volume_type["id"])
-        snapshot.create()
+        with self.db_lock:
+            snapshot = objects.Snapshot(self.ctxt, volume_id=volume.id, volume_size=volume.size,
+                                        status="available", user_id="user",
+                                        project_id="project",
+                                        volume_type_id=self.volume_type["id"])
+            snapshot.create()
         with self.volume_image(volume) as img:
             img.create_snap(snapshot.name)
         return snapshot
 
-    def create_backup(self, volume, parent, snapshot):
-        backup = objects.Backup(self.ctxt, volume_id=volume.id, size=volume.size,
-                                status="creating", user_id="user", project_id="project",
-                                parent_id=parent.id if parent else None,
-                                snapshot_id=snapshot.id if snapshot else None,
-                                service=CLASS_PATH)
-        backup.create()
+    def create_backup(self, volume, parent=None, snapshot=None):
+        with self.db_lock:
+            backup = objects.Backup(self.ctxt, volume_id=volume.id, size=volume.size,
+                                    status="creating", user_id="user", project_id="project",
+                                    parent_id=parent.id if parent else None,
+                                    snapshot_id=snapshot.id if snapshot else None,
+                                    service=CLASS_PATH)
+            backup.create()
         return backup
 
-    @staticmethod
-    def finish_backup(backup, updates):
+    def backup(self, backup_id):
+        with self.db_lock:
+            return objects.Backup.get_by_id(self.ctxt, backup_id)
+
+    def finish_backup(self, backup, updates):
         """What Cinder's backup manager does with the driver's return value."""
-        backup.refresh()
-        backup.status = "available"
-        backup.update(updates or {})
-        backup.save()
+        with self.db_lock:
+            backup.refresh()
+            backup.status = "available"
+            backup.update(updates or {})
+            backup.save()
+
+    def mark_error(self, backup):
+        """What cinder-backup does at start-up with a backup left 'creating'."""
+        with self.db_lock:
+            backup.refresh()
+            backup.status = "error"
+            backup.save()
 
     def delete_backup_quietly(self, drv, backup):
         with contextlib.suppress(Exception):
@@ -138,13 +195,13 @@ class CinderEnv:
 
     @contextlib.contextmanager
     def primary(self):
-        spec = cluster.ClusterSpec(conf=PRIMARY_CONF, user="cinder")
+        spec = cluster.ClusterSpec(conf=self.sandbox_primary_conf, user="cinder")
         with cluster.cluster(spec) as client, cluster.ioctx(client, "volumes") as ctx:
             yield ctx
 
     @contextlib.contextmanager
     def secondary(self):
-        spec = cluster.ClusterSpec(conf=SECONDARY_CONF, user="cinder-backup")
+        spec = cluster.ClusterSpec(conf=self.secondary_conf, user="cinder-backup")
         with cluster.cluster(spec) as client, cluster.ioctx(client, "backups") as ctx:
             yield ctx
 
@@ -162,13 +219,16 @@ class CinderEnv:
         with self.secondary() as ctx:
             return name in rbd.RBD().list(ctx)
 
+    # -- what the manager does around the driver --------------------------------
+
     @contextlib.contextmanager
     def volume_file(self, volume):
         """os-brick's file object for an attached RBD volume, as cinder-backup gets it."""
-        client = linuxrbd.RBDClient("cinder", "volumes", conffile=PRIMARY_CONF)
+        conf = self.primary_conf
+        client = linuxrbd.RBDClient("cinder", "volumes", conffile=conf)
         try:
             rbd_volume = linuxrbd.RBDVolume(client, volume.name)
-            meta = linuxrbd.RBDImageMetadata(rbd_volume, "volumes", "cinder", PRIMARY_CONF)
+            meta = linuxrbd.RBDImageMetadata(rbd_volume, "volumes", "cinder", conf)
             wrapper = linuxrbd.RBDVolumeIOWrapper(meta)
             try:
                 yield wrapper
@@ -176,3 +236,14 @@ class CinderEnv:
                 wrapper.close()
         finally:
             client.disconnect()
+
+    def run_backup(self, drv, backup):
+        volume = self.volume(backup.volume_id)
+        with self.volume_file(volume) as volume_file:
+            updates = drv.backup(backup, volume_file)
+        self.finish_backup(backup, updates)
+        return backup
+
+    def run_restore(self, drv, backup, volume, volume_is_new):
+        with self.volume_file(volume) as volume_file:
+            drv.restore(backup, volume.id, volume_file, volume_is_new)

@@ -34,13 +34,13 @@ from tests.reliability import base, sandbox
 
 SEED = int(os.environ.get("RELIABILITY_SEED") or random.SystemRandom().randrange(1 << 32))
 MiB = sandbox.MiB
-# 20 kill points: 7 syncs, 7 backups and 3 restores at random moments,
+# 23 kill points: 8 syncs, 8 backups and 4 restores at random moments,
 # 3 backups at chosen moments (test_driver_killed_while_recording_and_pruning)
 CLI_FULL_KILLS = 4
-CLI_INCREMENTAL_KILLS = 3
-DRIVER_FULL_KILLS = 3
+CLI_INCREMENTAL_KILLS = 4
+DRIVER_FULL_KILLS = 4
 DRIVER_INCREMENTAL_KILLS = 4
-RESTORE_KILLS = 3          # 1 into a new volume, 2 in place
+RESTORE_KILLS = 4          # 2 into a new volume, 2 in place
 END_KILL_DELAYS = (0.05, 0.15, 0.3)   # after the lineage is stored
 INITIAL_DATA = 48 * MiB     # a backup takes ~1-1.5 s full, ~1.5-2 s incremental
 CHANGE_DATA = 16 * MiB

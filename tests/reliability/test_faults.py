@@ -11,6 +11,7 @@ import glob
 import os
 import re
 import subprocess
+import threading
 import time
 import uuid
 
@@ -147,8 +148,15 @@ class FaultTestCase(FaultHelpers):
             # the backup writes its chain, then the sync starts writing too:
             # stop the backup cluster's only OSD under both
             wait_for(chain)
-            cli["proc"] = subprocess.Popen(cli_argv, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
+            cli["proc"] = proc = subprocess.Popen(cli_argv, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE, text=True)
+
+            def reap():  # when the sync ended, not when the backup did
+                cli["output"] = proc.communicate()
+                cli["ended"] = time.monotonic()
+
+            cli["reaper"] = threading.Thread(target=reap, daemon=True)
+            cli["reaper"].start()
             wait_for(dest)
             sandbox.stop_osd(sandbox.SECONDARY)
             stopped["at"] = time.monotonic()
@@ -161,17 +169,19 @@ class FaultTestCase(FaultHelpers):
         backup_seconds = time.monotonic() - stopped.get("at", 0)
         self.assertIn("at", stopped, "the OSD was never stopped: %s" % outcome.describe())
         proc = cli["proc"]
-        try:
-            _out, cli_err = proc.communicate(timeout=max(1, stopped["at"] + LIMIT
-                                                         - time.monotonic()))
-            cli_seconds = time.monotonic() - stopped["at"]
-        except subprocess.TimeoutExpired:
+        cli["reaper"].join(timeout=max(1, stopped["at"] + LIMIT - time.monotonic()))
+        if "ended" in cli:
+            _out, cli_err = cli["output"]
+            cli_seconds = cli["ended"] - stopped["at"]
+        else:
             proc.kill()
-            _out, cli_err = proc.communicate()
+            cli["reaper"].join()
+            _out, cli_err = cli["output"]
             cli_seconds = LIMIT + 1
         base.set_figure("osd_stop_backup_seconds", round(backup_seconds, 1))
         base.set_figure("osd_stop_backup_error", outcome.error)
         base.set_figure("osd_stop_sync_seconds", round(cli_seconds, 1))
+        base.set_figure("osd_stop_sync_error", (cli_err or "").strip())
         self.check_failure("driver backup (op_timeout = %d)" % OP_TIMEOUT, outcome.done,
                            backup_seconds, outcome.error)
         if outcome.error and not TIMEOUT_WORDS.search(outcome.error):
