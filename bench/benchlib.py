@@ -6,6 +6,7 @@ process are its own. Preparing images (writing data, snapshots, rollbacks) happe
 in this process through librbd and is never measured.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import rados
 import rbd
+
+from cinder_rbd_incremental.targets import rbd as rbd_target
 
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox")).resolve()
@@ -91,18 +94,8 @@ class Cluster:
         """Delete an image and its snapshots; no error when it does not exist."""
         ctx = self.ioctx()
         try:
-            try:
-                img = rbd.Image(ctx, name)
-            except rbd.ImageNotFound:
-                return
-            try:
-                for snap in list(img.list_snaps()):
-                    if img.is_protected_snap(snap["name"]):
-                        img.unprotect_snap(snap["name"])
-                    img.remove_snap(snap["name"])
-            finally:
-                img.close()
-            rbd.RBD().remove(ctx, name)
+            with contextlib.suppress(rbd.ImageNotFound):
+                rbd_target.remove_image(ctx, name)
         finally:
             ctx.close()
 

@@ -36,9 +36,9 @@ from cinder import context, objects, rpc  # noqa: E402
 from cinder.common import config  # noqa: E402
 from cinder.db import migration  # noqa: E402
 from cinder.volume import volume_types  # noqa: E402
-from os_brick.initiator import linuxrbd  # noqa: E402
 
 from cinder_rbd_incremental import opts  # noqa: E402
+from tests.functional import cinder_env  # noqa: E402
 
 SANDBOX = os.path.abspath(os.environ.get("SANDBOX_DIR") or os.path.join(ROOT, ".sandbox"))
 PRIMARY_CONF = os.path.join(SANDBOX, "primary", "ceph.conf")
@@ -201,20 +201,8 @@ class Worker:
                 "children_maxrss_mib": children_after.ru_maxrss / 1024
                 if children_after.ru_utime > children_before.ru_utime else 0.0}
 
-    @contextlib.contextmanager
     def volume_file(self, volume):
-        """os-brick's file object for an attached RBD volume, as cinder-backup gets it."""
-        client = linuxrbd.RBDClient("cinder", "volumes", conffile=PRIMARY_CONF)
-        try:
-            rbd_volume = linuxrbd.RBDVolume(client, volume.name)
-            meta = linuxrbd.RBDImageMetadata(rbd_volume, "volumes", "cinder", PRIMARY_CONF)
-            wrapper = linuxrbd.RBDVolumeIOWrapper(meta)
-            try:
-                yield wrapper
-            finally:
-                wrapper.close()
-        finally:
-            client.disconnect()
+        return cinder_env.brick_volume_file(PRIMARY_CONF, volume.name)
 
 
 def main():

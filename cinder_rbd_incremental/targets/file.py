@@ -251,9 +251,6 @@ class FileSession(base.TargetSession):
                                           "the backups after it first" % (snap, chain))
                 os.unlink(path)
         self._remove_records(chain, backup_id)
-        if not self._diffs(chain):
-            LOG.info("removing chain directory %s: no backup left in it", self._path(chain))
-            shutil.rmtree(self._path(chain), ignore_errors=True)
 
     def delete_attempt(self, chain, backup_id):
         try:
@@ -264,16 +261,18 @@ class FileSession(base.TargetSession):
             if naming.parse_backup_snapshot(snap) == backup_id:
                 os.unlink(path)
         self._remove_records(chain, backup_id)
-        if not self._diffs(chain):
-            shutil.rmtree(self._path(chain), ignore_errors=True)
 
     def _remove_records(self, chain, backup_id):
-        """The backup's records, and temporary files an interrupted write left."""
+        """The backup's records, temporary files an interrupted write left, and
+        the chain directory once no diff is left in it."""
         for name in os.listdir(self._path(chain)):
             leftover = name.startswith(".") and backup_id in name
             if leftover or name.startswith("backup.%s." % backup_id):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path(chain, name))
+        if not self._diffs(chain):
+            LOG.info("removing chain directory %s: no backup left in it", self._path(chain))
+            shutil.rmtree(self._path(chain), ignore_errors=True)
 
 
 class ChainDiffSink(DiffFileSink):

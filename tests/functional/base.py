@@ -13,6 +13,7 @@ snapshots, whether the test passed or not.
 """
 
 import atexit
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ import rbd
 import testtools
 
 from cinder_rbd_incremental import cluster
+from cinder_rbd_incremental.targets import rbd as rbd_target
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SANDBOX_DIR = os.path.abspath(os.environ.get("SANDBOX_DIR") or os.path.join(REPO, ".sandbox"))
@@ -112,18 +114,8 @@ def random_bytes(length, seed):
 
 def remove_image(cl, name):
     """Purge snapshots (unprotecting them) and remove the image; ignore a missing one."""
-    try:
-        img = rbd.Image(cl.ioctx, name)
-    except rbd.ImageNotFound:
-        return
-    try:
-        for snap in list(img.list_snaps()):
-            if img.is_protected_snap(snap["name"]):
-                img.unprotect_snap(snap["name"])
-            img.remove_snap(snap["name"])
-    finally:
-        img.close()
-    rbd.RBD().remove(cl.ioctx, name)
+    with contextlib.suppress(rbd.ImageNotFound):
+        rbd_target.remove_image(cl.ioctx, name)
 
 
 def remove_images(images):

@@ -42,6 +42,22 @@ PRIMARY_CONF = conf_path(SANDBOX, "primary")
 SECONDARY_CONF = conf_path(SANDBOX, "secondary")
 
 
+@contextlib.contextmanager
+def brick_volume_file(conf, image, pool="volumes", user="cinder"):
+    """os-brick's file object for an attached RBD volume, as cinder-backup gets it."""
+    client = linuxrbd.RBDClient(user, pool, conffile=conf)
+    try:
+        rbd_volume = linuxrbd.RBDVolume(client, image)
+        meta = linuxrbd.RBDImageMetadata(rbd_volume, pool, user, conf)
+        wrapper = linuxrbd.RBDVolumeIOWrapper(meta)
+        try:
+            yield wrapper
+        finally:
+            wrapper.close()
+    finally:
+        client.disconnect()
+
+
 class CinderEnv:
     """Cinder objects and the driver on one sandbox pair (see the module doc)."""
 
@@ -221,21 +237,8 @@ class CinderEnv:
 
     # -- what the manager does around the driver --------------------------------
 
-    @contextlib.contextmanager
     def volume_file(self, volume):
-        """os-brick's file object for an attached RBD volume, as cinder-backup gets it."""
-        conf = self.primary_conf
-        client = linuxrbd.RBDClient("cinder", "volumes", conffile=conf)
-        try:
-            rbd_volume = linuxrbd.RBDVolume(client, volume.name)
-            meta = linuxrbd.RBDImageMetadata(rbd_volume, "volumes", "cinder", conf)
-            wrapper = linuxrbd.RBDVolumeIOWrapper(meta)
-            try:
-                yield wrapper
-            finally:
-                wrapper.close()
-        finally:
-            client.disconnect()
+        return brick_volume_file(self.primary_conf, volume.name)
 
     def run_backup(self, drv, backup):
         volume = self.volume(backup.volume_id)
