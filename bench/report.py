@@ -342,7 +342,10 @@ def markdown(rep):
             "`--dest-conf` / `--src-conf` of the secondary side, the drivers' "
             "`backup_ceph_conf`): every OSD reply to that client is delayed 0-20 ms. "
             "The last column gives the librbd cache settings of that client as Ceph parses "
-            "them; *WAN 3 ... no cache* adds `rbd_cache = false` (%d writes)."
+            "them for the pipe and the stock driver; ours always runs without the cache "
+            "(it sets `rbd_cache = false` on its connections, so a stopped OSD fails a "
+            "write instead of hanging a flush); *WAN 3 ... no cache* adds "
+            "`rbd_cache = false` for every tool (%d writes)."
             % wan["small_writes"],
             "*diff file*: `export-diff --from-snap` of workload 3's change to a file, ours vs "
             "rbd's; *sparse*: full copy of a %s image holding %s in 1 MiB writes spread "

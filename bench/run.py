@@ -310,7 +310,9 @@ class Bench:
         result["received"] = result["osd"][receiver.name]["op_in_bytes"]
         result["receiver"] = receiver.name
         result["payload"] = payload
-        result["cache"] = cache
+        # ours turns the cache off on its own connections (cluster.py), whatever
+        # the conf says; the pipe and the stock driver's rbd commands use the conf's
+        result["cache"] = "off (rbd_cache=false)" if tool.startswith("ours") else cache
         if "procs" not in result:
             result["procs"] = [{"cmd": tool, "maxrss_mib": result["maxrss_mib"]}]
             if result.get("children_maxrss_mib"):

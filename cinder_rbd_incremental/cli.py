@@ -65,8 +65,9 @@ def _add_engine_args(parser):
                         help="compare whole objects (fast with fast-diff, coarser)")
     parser.add_argument("--zero-granularity", type=positive_int, default=engine.DEFAULT_GRANULARITY,
                         metavar="BYTES", help="zero-run detection block size (default 4096)")
-    parser.add_argument("--max-in-flight", type=positive_int, default=64, metavar="N",
-                        help="concurrent librbd requests per direction (default 64)")
+    default = engine.TransferOptions.max_in_flight_ops
+    parser.add_argument("--max-in-flight", type=positive_int, default=default, metavar="N",
+                        help="concurrent librbd requests per direction (default %d)" % default)
 
 
 def _common_args(default):

@@ -80,6 +80,43 @@ def run_native(func, *args):
     return tpool.execute(func, *args)
 
 
+class Overlapped:
+    """``func(*args)`` on a native thread from ``start()`` on; ``wait()`` joins
+    it and returns its exception (None when it succeeded or never started).
+
+    The previous source snapshot is removed this way while the backup
+    cluster creates the new restore point: both wait for their own cluster's
+    monitors (up to ``paxos_propose_interval``, 1 s by default), so the waits
+    overlap instead of adding up.
+    """
+
+    def __init__(self, func, *args):
+        self._call = (func, args)
+        self._thread = None
+        self._error = None
+
+    @property
+    def started(self):
+        return self._thread is not None
+
+    def start(self):
+        if self._thread is None:
+            self._thread = engine.threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self):
+        func, args = self._call
+        try:
+            func(*args)
+        except Exception as exc:  # handed to wait()
+            self._error = exc
+
+    def wait(self):
+        if self._thread is not None:
+            self._thread.join()
+        return self._error
+
+
 def load_target(options):
     """The backup target plugin named by ``[backup_rbd_incremental] target``."""
     manager = stevedore_driver.DriverManager(TARGET_NAMESPACE, options.target)
@@ -191,12 +228,22 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 cluster.ioctx(src_client, job.source_pool) as src_ctx, \
                 self.target.session() as session:
             src_snap = job.snapshot_name or self._take_source_snapshot(src_ctx, job)
-            with cluster.image(src_ctx, job.source_image, snapshot=src_snap,
-                               read_only=True) as src_img:
-                parent = self._usable_parent(job, src_client, src_img, session)
-                record = self._transfer(job, options, src_client, src_img, src_snap,
-                                        session, parent)
-            self._prune_source_snapshots(src_ctx, job, keep=src_snap)
+            # started once the data is durable on the target (see _write_chain)
+            prune = Overlapped(self._prune_source_snapshots, src_ctx, job, src_snap)
+            try:
+                with cluster.image(src_ctx, job.source_image, snapshot=src_snap,
+                                   read_only=True) as src_img:
+                    parent = self._usable_parent(job, src_client, src_img, session)
+                    record = self._transfer(job, options, src_client, src_img, src_snap,
+                                            session, parent, prune)
+            finally:
+                error = prune.wait()
+            if not prune.started:
+                self._prune_source_snapshots(src_ctx, job, src_snap)
+            elif error is not None:
+                # the backup is complete; the next one removes what is left
+                LOG.warning("backup %s: could not remove the previous backup snapshot of "
+                            "%s: %s", job.backup_id, job.source_image, error)
         return record
 
     @staticmethod
@@ -229,7 +276,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         return record, None
 
     def _transfer(self, job, options, src_client, src_img, src_snap, session,
-                  parent_and_reason):
+                  parent_and_reason, prune):
         parent, full_reason = parent_and_reason
         dest_snap = (src_snap if job.snapshot_name is None
                      else naming.backup_snapshot(job.backup_id))
@@ -246,13 +293,13 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             session.new_chain(image, src_img.size(), src_img.stat()["order"])
         try:
             stats, snap_id, verification = self._write_chain(
-                job, options, src_img, session, image, plan, fresh=parent is None)
+                job, options, src_img, session, image, plan, parent is None, prune)
         except engine.StateError as exc:
             if parent is None:
                 raise
             # The chain is not in the state its lineage says: start a new one.
             return self._transfer(job, options, src_client, src_img, src_snap, session,
-                                  (None, "the parent's chain is damaged: %s" % exc))
+                                  (None, "the parent's chain is damaged: %s" % exc), prune)
         record = lineage.build(
             backup_id=job.backup_id, volume_id=job.volume_id, pool=self.target.pool,
             image=image, snapshot=dest_snap, snap_id=snap_id,
@@ -322,14 +369,28 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None, "the parent has no chunk checksums to compare with", None
         return record, None, digests
 
-    def _write_chain(self, job, options, src_img, session, image, plan, fresh):
+    def _write_chain(self, job, options, src_img, session, image, plan, fresh, prune):
+        """Transfer, then verify. Once the data is durable on the target, the
+        previous source snapshot is removed (``prune``) while the target marks
+        the restore point; what verification needs of that snapshot (the
+        source's changes since it) is read before. Should the end snapshot or
+        the verification then fail, the next backup is a full one."""
+        source_changes = []
+
         def progress(done, total):
             job.progress.update(done=done, total=total)
 
+        def durable():
+            if plan.from_snap and self.options.verify != "none":
+                source_changes.extend(engine.changed_extents(src_img, plan.from_snap))
+            prune.start()
+
         with session.writing(image, fresh, options) as sink:
-            stats = engine.transfer(src_img, sink, plan, options, progress)
+            stats = engine.transfer(src_img, sink, plan, options, progress,
+                                    on_durable=durable)
         try:
-            verification = self._verify(src_img, session, image, plan, options)
+            verification = self._verify(src_img, session, image, plan, options,
+                                        source_changes)
         except exception.BackupDriverException:
             # never leave a restore point that does not match its source
             session.delete_backup(image, plan.dest_to, job.backup_id)
@@ -338,14 +399,16 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                  stats.changed_bytes, stats.data_bytes, stats.seconds, verification)
         return stats, sink.snap_id, verification
 
-    def _verify(self, src_img, session, image, plan, options):
+    def _verify(self, src_img, session, image, plan, options, source_changes):
         """Compare the new restore point with the source snapshot: what this
-        backup changed (an incremental) or everything (a full)."""
+        backup changed (an incremental: ``source_changes``, the source's
+        extents changed since the parent, and the chain's since the parent's
+        snapshot) or everything (a full)."""
         mode = self.options.verify
         if mode == "none":
             return {"mode": "none"}
         sample = self.options.verify_sample_objects if mode == "sample" else None
-        since = (plan.from_snap, plan.dest_from) if plan.from_snap else None
+        since = (source_changes, plan.dest_from) if plan.from_snap else None
         snap = plan.dest_to
         offset = session.verify(src_img, image, snap, options, sample=sample, since=since)
         if offset is not None:

@@ -64,7 +64,7 @@ class TransferOptions:
 
     zero_granularity: int = DEFAULT_GRANULARITY
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_in_flight_ops: int = 64
+    max_in_flight_ops: int = 256
     max_in_flight_bytes: int = 32 << 20
     whole_object: bool = False
 
@@ -127,7 +127,12 @@ class Sink:
     ``write``/``zero`` for disjoint extents in any order, then exactly one of
     ``commit`` (flush everything, then mark the end state, e.g. create the
     end snapshot) or ``abort`` (leave nothing that looks complete).
+    ``flush`` may come before ``commit``: everything handed over is durable
+    after it returns, and ``commit`` is left with marking the end state.
     """
+
+    def flush(self):
+        """Make what was handed over durable (default: ``commit`` does it)."""
 
     def begin(self, plan):
         raise NotImplementedError
@@ -337,7 +342,7 @@ class AioWriter(_BoundedAio):
 
 
 def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
-             extents=None):
+             extents=None, on_durable=None):
     """Copy what changed in ``image`` from ``plan.from_snap`` into ``sink``.
 
     ``image`` must be open at ``plan.to_snap``. ``extents`` (``(offset,
@@ -346,11 +351,15 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
     ``progress(done, total)`` is called after each chunk; ``should_cancel()``
     returning True stops the transfer with :class:`Cancelled`. The sink is
     committed only after every chunk was handed over; on any error, from the
-    first step on, it is aborted and the error raised. Returns :class:`Stats`.
+    first step on, it is aborted and the error raised. ``on_durable()`` is
+    called once the data is durable on the sink, before the end state is
+    marked (work that waits on something else, e.g. a source cluster's
+    monitors, can then overlap the sink's own snapshot); an exception from it
+    aborts the sink. Returns :class:`Stats`.
     """
     options = options or TransferOptions()
     started = time.monotonic()
-    with _committed(sink):
+    with _committed(sink, on_durable):
         zero_before = None
         if extents is None:
             extents = changed_extents(image, plan.from_snap, options.whole_object)
@@ -371,11 +380,15 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
 
 
 @contextlib.contextmanager
-def _committed(sink):
+def _committed(sink, on_durable=None):
     """Commit ``sink`` when the block ends normally; abort it on any error
-    (the commit's own included)."""
+    (the commit's own included). With ``on_durable``: flush the sink, call it,
+    then commit."""
     try:
         yield
+        if on_durable is not None:
+            sink.flush()
+            on_durable()
         sink.commit()
     except BaseException:
         sink.abort()
@@ -475,12 +488,14 @@ def file_chunks(volume_file, size, chunk_size):
 def allocated_chunks(images, chunk_size, since=None):
     """Chunks (offset, length, True) where any of ``images`` holds data, ascending.
 
-    ``since``: for each image, a snapshot to count only changes since (or None).
+    ``since``: for each image, a snapshot to count only changes since, or the
+    changed extents (``(offset, length, exists)``) when already known, or None.
     """
     size = max(img.size() for img in images)
     starts = set()
     for img, base in zip(images, since or [None] * len(images), strict=True):
-        for offset, _length, _exists in chunked(changed_extents(img, base), chunk_size):
+        extents = base if isinstance(base, list) else changed_extents(img, base)
+        for offset, _length, _exists in chunked(extents, chunk_size):
             starts.add(offset - offset % chunk_size)
     return [(start, min(chunk_size, size - start), True) for start in sorted(starts)]
 
@@ -494,7 +509,8 @@ def first_difference(image_a, image_b, options=None, sample=None, since=None):
     ``sample``: compare only that many chunks, chosen at random. ``since``:
     ``(snap_a, snap_b)``, two snapshots known to be equal: only chunks that
     changed since them are compared (checking an incremental costs what it
-    changed, not what the volume holds).
+    changed, not what the volume holds); either may instead be the list of
+    extents changed since (see :func:`allocated_chunks`).
     """
     options = options or TransferOptions()
     if image_a.size() != image_b.size():

@@ -6,6 +6,8 @@
 
 from oslo_config import cfg
 
+from cinder_rbd_incremental.engine import TransferOptions as engine_defaults
+
 GROUP = "backup_rbd_incremental"
 
 backup_cluster_opts = [
@@ -46,8 +48,10 @@ source_cluster_opts = [
 engine_opts = [
     cfg.IntOpt("zero_granularity", default=4096, min=512,
                help="Block size in bytes at which runs of zeros are detected and not sent."),
-    cfg.IntOpt("max_in_flight_ops", default=64, min=1,
-               help="Concurrent librbd requests per direction."),
+    cfg.IntOpt("max_in_flight_ops", default=engine_defaults.max_in_flight_ops, min=1,
+               help="Concurrent librbd requests per direction (small requests: the "
+                    "bytes limit bounds large ones). A deep queue lets the OSDs batch "
+                    "small writes."),
     cfg.IntOpt("max_in_flight_mib", default=32, min=4,
                help="Bytes in flight per direction, in MiB: bounds memory per backup."),
     cfg.BoolOpt("whole_object", default=False,

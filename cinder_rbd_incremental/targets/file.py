@@ -86,9 +86,13 @@ class DiffFileSink(DiffStreamSink):
         self.path = path
         super().__init__(os.fdopen(fd, "wb", buffering=1 << 20), version=version)
 
+    def flush(self):
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+
     def commit(self):
         super().commit()
-        os.fsync(self.stream.fileno())
+        os.fsync(self.stream.fileno())  # the end record; little left after flush()
         self.stream.close()
         os.replace(self._tmp, self.path)
         fsync_directory(os.path.dirname(os.path.abspath(self.path)))

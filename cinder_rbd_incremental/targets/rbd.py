@@ -299,10 +299,13 @@ class ImageSink(engine.Sink):
         if not self.fresh:
             self._writer.zero(offset, length)
 
-    def commit(self):
+    def flush(self):
         self._writer.drain()
+        self.image.flush()
+
+    def commit(self):
         with self._permission("snapshot image %s" % self.image.get_name()):
-            self.image.flush()
+            self.flush()  # a no-op when flush() came first
             end = self.plan.dest_to
             if end and self.plan.identity_to:
                 self.image.metadata_set(snap_meta_key(end),

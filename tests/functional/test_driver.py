@@ -289,10 +289,32 @@ class DriverTestCase(unittest.TestCase):
             image = self.env.location(full)[1]
             self.assertNotIn(naming.backup_snapshot(backup.id, now=0).rsplit(".snap.")[0],
                              " ".join(self.chain_snapshots(image)))
-        later = self.backup(volume, parent=full)  # the chain is still usable
+        # the next backup works (a full: the parent's source snapshot was
+        # removed once the failed backup's data was durable)
+        later = self.backup(volume, parent=full)
         target = self.new_volume()
         self.restore(later, target, volume_is_new=True)
         self.assertEqual(self.checksum(volume), self.checksum(target))
+
+    def test_a_failed_prune_leaves_the_backup_complete(self):
+        """The previous source snapshot goes while the restore point is marked;
+        if removing it fails, the backup still succeeds and the next one
+        removes it."""
+        volume = self.new_volume()
+        self.write(volume)
+        full = self.backup(volume)
+        self.write(volume)
+        with mock.patch.object(rbd_target, "remove_snapshots",
+                               side_effect=cluster.ClusterError("injected")), \
+                self.assertLogs("cinder_rbd_incremental.driver", "WARNING") as logs:
+            second = self.backup(volume, parent=full)
+        self.assertIn("could not remove the previous backup snapshot", logs.output[0])
+        self.assertTrue(second.parent_id)
+        self.write(volume)
+        third = self.backup(volume, parent=second)
+        with self.env.volume_image(volume, read_only=True) as img:
+            snaps = [s["name"] for s in img.list_snaps()]
+        self.assertEqual([self.env.location(third)[2]], snaps)
 
     def chain_snapshots(self, name):
         with self.env.chain_image(name) as img:
