@@ -68,11 +68,21 @@ def stock_of(tool):
     return "stock API" if tool.endswith("API") else "stock driver"
 
 
+SHARED_CEILING = "read + write at once"
+
+
 def add_ratios(summary):
-    ceiling = None
+    """Ratios to the pipe, the stock driver and the ceiling: the slower of
+    the separate read and write rows, as the issue defines it. The row with
+    both at once (the machine's cores serve both clusters) gets its ratio as
+    ``of_shared_ceiling``."""
+    ceiling = shared = None
     if "ceiling" in summary:
+        rows = summary["ceiling"]
         ceiling = min(s.get("rbd_bench_mib_per_s") or s["mib_per_s"]
-                      for s in summary["ceiling"].values())
+                      for tool, s in rows.items() if tool != SHARED_CEILING)
+        if SHARED_CEILING in rows:
+            shared = rows[SHARED_CEILING]["mib_per_s"]
     for name, tools in summary.items():
         for tool, s in tools.items():
             if "pipe" in tools and tool != "pipe":
@@ -81,6 +91,8 @@ def add_ratios(summary):
                 s["x_stock"] = tools[stock_of(tool)]["wall"] / s["wall"]
             if ceiling and name.startswith(BULK) and name != "ceiling":
                 s["of_ceiling"] = s["mib_per_s"] / ceiling
+                if shared:
+                    s["of_shared_ceiling"] = s["mib_per_s"] / shared
     return ceiling
 
 
@@ -97,6 +109,10 @@ def targets_of(summary, notes):
     if full and "of_ceiling" in full:
         put("1 full: ours >= 90% of the ceiling", full["of_ceiling"],
             full["of_ceiling"] >= CEILING_TARGET)
+    for tool, s in (("ours", full), ("pipe", pipe)):
+        if s and "of_shared_ceiling" in s:
+            put("1 full: (%s, of the shared ceiling: read and write at once)" % tool,
+                s["of_shared_ceiling"], None)
     if full and pipe:
         put("1 full: ours at least as fast as the pipe (pipe/ours wall)",
             pipe["wall"] / full["wall"], full["wall"] <= pipe["wall"])
@@ -314,7 +330,12 @@ def markdown(rep):
             "no WAN rows through it.",
             "* **ceiling**: `rbd bench --io-size 4M --io-threads 8 --io-total %s` "
             "(`--io-type read` on the primary, `write` on a fresh secondary image); "
-            "nothing can beat the slower of the two." % h(cfg["ceiling_total"]),
+            "nothing can beat the slower of the two. *read + write at once* runs both "
+            "together (bytes over the wall time of both): the sandbox's two clusters share this "
+            "machine's cores, so a copy, which reads and writes at the same time, gets "
+            "what is left by both; *of ceiling* keeps the separate rows, the targets "
+            "list also gives the full backup against this shared ceiling."
+            % h(cfg["ceiling_total"]),
             "", "## Workloads", "",
             "Per tool and run, one journey on its own volume (%s LAN, %s WAN):"
             % (h(cfg["image"]), h(wan["image"])),
