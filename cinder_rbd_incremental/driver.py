@@ -382,7 +382,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
         def durable():
             if plan.from_snap and self.options.verify != "none":
-                source_changes.extend(engine.changed_extents(src_img, plan.from_snap))
+                source_changes.extend(engine.changed_extents(src_img, plan.from_snap,
+                                                             whole_object=True))
             prune.start()
 
         with session.writing(image, fresh, options) as sink:
@@ -456,12 +457,11 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         original = objects.Volume.get_by_id(self.context, backup.volume_id) \
             if volume_id == backup.volume_id else None
         if hasattr(volume_file, "rbd_image"):
-            self._native(self._restore_rbd, location, backup.id, volume, volume_file,
-                       volume_is_new, original is not None)
+            metadata = self._native(self._restore_rbd, location, backup.id, volume,
+                                    volume_file, volume_is_new, original is not None)
         else:
-            self._native(self._restore_stream, location, volume_file, volume.size << 30,
-                       volume_is_new)
-        metadata = self._native(self._volume_metadata, location, backup.id)
+            metadata = self._native(self._restore_stream, location, backup.id, volume_file,
+                                    volume.size << 30, volume_is_new)
         if metadata:
             self.put_metadata(volume_id, metadata)
 
@@ -487,6 +487,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     def _restore_rbd(self, location, backup_id, volume, volume_file, volume_is_new,
                      to_original):
+        """Restore; returns the backup's volume metadata (read in the same
+        session: every image open is round trips to the backup site)."""
         _pool, image, snap = location
         options = self.engine_options()
         spec = self.source_spec(volume_file)
@@ -506,8 +508,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                                             max_in_flight_bytes=options.max_in_flight_bytes)
             stats = point.restore(make_sink, options, dest.size(), volume_is_new, changed,
                                   dest_image=dest)
+            metadata = session.load_volume_metadata(image, backup_id)
         LOG.info("restore of backup %s to volume %s: %d bytes read, %d written in %.1f s",
                  backup_id, volume.id, stats.changed_bytes, stats.data_bytes, stats.seconds)
+        return metadata
 
     @staticmethod
     def _changed_since_backup(vol_client, dest, record):
@@ -528,16 +532,12 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         return [(offset, length, True) for offset, length, _exists
                 in engine.changed_extents(dest, snap)]
 
-    def _restore_stream(self, location, volume_file, volume_size, volume_is_new):
+    def _restore_stream(self, location, backup_id, volume_file, volume_size, volume_is_new):
         _pool, image, snap = location
         with self.target.session() as session, \
                 session.restore_point(image, snap) as point:
             point.restore(lambda fresh: FileObjectSink(volume_file, fresh=fresh),
                           self.engine_options(), volume_size, volume_is_new)
-
-    def _volume_metadata(self, location, backup_id):
-        _pool, image, _snap = location
-        with self.target.session() as session:
             return session.load_volume_metadata(image, backup_id)
 
     # -- delete --------------------------------------------------------------------

@@ -490,11 +490,14 @@ def allocated_chunks(images, chunk_size, since=None):
 
     ``since``: for each image, a snapshot to count only changes since, or the
     changed extents (``(offset, length, exists)``) when already known, or None.
+    Objects are asked for whole (``whole_object``): chunks are compared whole
+    anyway, and with fast-diff librbd answers from the object map instead of
+    asking every object, which counts when the image is at another site.
     """
     size = max(img.size() for img in images)
     starts = set()
     for img, base in zip(images, since or [None] * len(images), strict=True):
-        extents = base if isinstance(base, list) else changed_extents(img, base)
+        extents = base if isinstance(base, list) else changed_extents(img, base, True)
         for offset, _length, _exists in chunked(extents, chunk_size):
             starts.add(offset - offset % chunk_size)
     return [(start, min(chunk_size, size - start), True) for start in sorted(starts)]

@@ -473,7 +473,9 @@ class RBDSession(base.TargetSession):
     session closes: opening an image costs several round trips, which count
     when the backup cluster is at another site. A read-write handle, once
     opened, serves the reads too (a read-only one would not see the
-    snapshots it creates).
+    snapshots it creates). Metadata (lineage, volume metadata) is image-wide,
+    so while a snapshot of the chain is open (a restore point) it is read
+    through that handle instead of opening HEAD.
     """
 
     def __init__(self, client, ctx, who=None):
@@ -482,6 +484,7 @@ class RBDSession(base.TargetSession):
         self.who = who
         self.fsid = client.get_fsid()
         self._heads = {}  # chain -> (rbd.Image, read_only)
+        self._points = {}  # chain -> rbd.Image open at a snapshot, while it is open
 
     def close(self):
         for chain in list(self._heads):
@@ -505,7 +508,12 @@ class RBDSession(base.TargetSession):
         """The chain's HEAD (kept open), or a snapshot of it (closed after)."""
         if snapshot is not None:
             with self._open(chain, snapshot, read_only=True) as img:
-                yield img
+                outer = self._points.setdefault(chain, img)
+                try:
+                    yield img
+                finally:
+                    if outer is img:
+                        del self._points[chain]
             return
         held = self._heads.get(chain)
         if held is None or (held[1] and not read_only):
@@ -550,12 +558,22 @@ class RBDSession(base.TargetSession):
             if volume_metadata:
                 img.metadata_set(volume_meta_key(record["backup_id"]), volume_metadata)
 
-    def load_lineage(self, chain, backup_id):
+    @contextlib.contextmanager
+    def _metadata(self, chain):
+        """A handle to read ``chain``'s metadata through: one already open if any."""
+        img = self._points.get(chain)
+        if img is not None and chain not in self._heads:
+            yield img
+            return
         with self._chain(chain, read_only=True) as img:
+            yield img
+
+    def load_lineage(self, chain, backup_id):
+        with self._metadata(chain) as img:
             return get_meta_json(img, backup_meta_key(backup_id))
 
     def load_volume_metadata(self, chain, backup_id):
-        with self._chain(chain, read_only=True) as img:
+        with self._metadata(chain) as img:
             try:
                 return img.metadata_get(volume_meta_key(backup_id))
             except KeyError:
@@ -652,7 +670,13 @@ class ImageRestorePoint(base.RestorePoint):
     def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None):
         plan = engine.Plan(to_snap=None, size=max(dest_size, self.size))
         extents = changed
-        if extents is None and not fresh:
+        if extents is None and fresh:
+            # Whole objects: with fast-diff librbd lists them from the object
+            # map in one request instead of asking each object (0.67 s of a
+            # 3.8 s restore across a 20 ms link); it reads only the allocated
+            # parts of an object, and zero runs are not written.
+            extents = engine.changed_extents(self.image, whole_object=True)
+        elif extents is None:
             extents = (engine.allocated_chunks([self.image, dest_image], options.chunk_size)
                        if dest_image is not None else [(0, plan.size, True)])
         if extents is not None:
