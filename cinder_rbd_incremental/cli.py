@@ -349,6 +349,8 @@ def _create_if_missing(ctx, name, src_img, from_snap, who=None):
     An image left half created by an interrupted sync (listed with no header,
     or without its object map; holding nothing) is removed and created again.
     """
+    if rbd_target.surely_whole(ctx, name):  # the usual case, without opening it
+        return
     if rbd_target.creation_interrupted(ctx, name):
         LOG.warning("destination %s/%s was left half created by an interrupted sync: "
                     "creating it again", ctx.get_pool_name(), name)

@@ -162,6 +162,22 @@ def repair_object_map(ctx, img):
     return True
 
 
+def surely_whole(ctx, name):
+    """True when image ``name`` has its id, its header and its object map: it
+    was created completely. Told by three object requests instead of opening
+    the image (about a dozen round trips: 0.15 s across a 20 ms link). False
+    means "look closer" with :func:`creation_interrupted` (also for an image
+    without the object-map feature, no image at all or a refused request)."""
+    try:
+        _ret, encoded = ctx.execute("rbd_id." + name, "rbd", "get_id", b"")
+        image_id = encoded[4:].decode()  # a length-prefixed string
+        ctx.stat("rbd_header." + image_id)
+        ctx.stat("rbd_object_map." + image_id)
+    except rados.Error:  # missing, or not ours to read: the closer look tells
+        return False
+    return True
+
+
 def creation_interrupted(ctx, name):
     """True when image ``name`` was left half created and holds nothing.
 
