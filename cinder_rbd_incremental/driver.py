@@ -226,7 +226,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         options = self.engine_options()
         with cluster.cluster(job.source_spec) as src_client, \
                 cluster.ioctx(src_client, job.source_pool) as src_ctx, \
-                self.target.session() as session:
+                self.target.session(writing=True) as session:
             src_snap = job.snapshot_name or self._take_source_snapshot(src_ctx, job)
             # started once the data is durable on the target (see _write_chain)
             prune = Overlapped(self._prune_source_snapshots, src_ctx, job, src_snap)
@@ -323,7 +323,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         """
         options = self.engine_options()
         chunk = self.options.file_chunk_mib << 20
-        with self.target.session() as session:
+        with self.target.session(writing=True) as session:
             parent, full_reason, parent_digests = self._usable_stream_parent(job, session)
             snap = naming.backup_snapshot(job.backup_id)
             plan = engine.Plan(to_snap=snap, size=job.size)

@@ -46,8 +46,10 @@ class BackupTarget(abc.ABC):
         with an operator-readable message otherwise."""
 
     @abc.abstractmethod
-    def session(self):
-        """Context manager: a :class:`TargetSession`."""
+    def session(self, writing=False):
+        """Context manager: a :class:`TargetSession`. ``writing``: the
+        operation adds a restore point (a backup), so a target may open what
+        it reads for writing from the start."""
 
 
 class TargetSession(abc.ABC):

@@ -136,7 +136,7 @@ class FileTarget(base.BackupTarget):
         return cls(options.file_target_dir)
 
     @contextlib.contextmanager
-    def session(self):
+    def session(self, writing=False):
         yield FileSession(self.directory)
 
     def check_setup(self):

@@ -461,9 +461,9 @@ class RBDTarget(base.BackupTarget):
         return cls(spec, options.backup_ceph_pool)
 
     @contextlib.contextmanager
-    def session(self):
+    def session(self, writing=False):
         with cluster.cluster(self.spec) as client, cluster.ioctx(client, self.pool) as ctx:
-            session = RBDSession(client, ctx, cluster.user_name(self.spec))
+            session = RBDSession(client, ctx, cluster.user_name(self.spec), writing)
             try:
                 yield session
             finally:
@@ -489,15 +489,19 @@ class RBDSession(base.TargetSession):
     session closes: opening an image costs several round trips, which count
     when the backup cluster is at another site. A read-write handle, once
     opened, serves the reads too (a read-only one would not see the
-    snapshots it creates). Metadata (lineage, volume metadata) is image-wide,
+    snapshots it creates); a ``writing`` session opens HEAD for writing from
+    the start, so a backup reading its parent's lineage first does not open
+    it twice (at 20 ms a round trip, an open costs 0.15 s). Metadata
+    (lineage, volume metadata) is image-wide,
     so while a snapshot of the chain is open (a restore point) it is read
     through that handle instead of opening HEAD.
     """
 
-    def __init__(self, client, ctx, who=None):
+    def __init__(self, client, ctx, who=None, writing=False):
         self.client = client
         self.ctx = ctx
         self.who = who
+        self.writing_session = writing
         self.fsid = client.get_fsid()
         self._heads = {}  # chain -> (rbd.Image, read_only)
         self._points = {}  # chain -> rbd.Image open at a snapshot, while it is open
@@ -531,6 +535,7 @@ class RBDSession(base.TargetSession):
                     if outer is img:
                         del self._points[chain]
             return
+        read_only = read_only and not self.writing_session
         held = self._heads.get(chain)
         if held is None or (held[1] and not read_only):
             self._forget(chain)
