@@ -312,8 +312,12 @@ def markdown(rep):
             % (rep["date"], rep["mode"], rep["runs"], notes.get("bench_seconds", 0)), "",
             "## Tools", "",
             "* **pipe**: `rbd export-diff [--from-snap A] pool/img@B - | rbd import-diff - "
-            "backups/copy` (the copy is created beforehand, untimed, `rbd create -s 1M`).",
+            "backups/copy`.",
             "* **ours**: `rbd-incremental sync [--from-snap A] pool/img@B backups/copy`.",
+            "For a full copy (workloads 1, 4, 5, 7, sparse) both get an empty `backups/copy` "
+            "made beforehand, untimed (`rbd create -s 1M`: import-diff needs one; sync "
+            "resizes it and writes into it all the same); the drivers' rows include making "
+            "their images.",
             "* **ours driver / stock driver**: this project's `RBDIncrementalBackupDriver` "
             "and Cinder %s's `CephBackupDriver`, in one process each "
             "(`bench/cinderworker.py`) with real Cinder objects on sqlite and os-brick's "

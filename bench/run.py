@@ -139,6 +139,20 @@ def pipe_sync(src, dest, from_snap=None, src_conf=PRIMARY.conf, dest_conf=SECOND
             ["rbd", "-c", dest_conf, "--no-progress", "import-diff", "-", dest]]
 
 
+def sync_commands(tool):
+    return ours_sync if tool == "ours" else pipe_sync
+
+
+def new_copy(tool, cluster, name):
+    """Make ``name`` an empty image on ``cluster`` for ``tool`` to copy into,
+    untimed and the same for both tools (rbd import-diff needs an existing
+    image; ``sync`` writes into it all the same); returns the sync command
+    builder of ``tool``."""
+    cluster.remove(name)
+    cluster.create(name, MiB)
+    return sync_commands(tool)
+
+
 def cache_settings(conf):
     """The librbd cache settings a client of ``conf`` gets (as Ceph parses them)."""
     client = rados.Rados(conffile=conf)
@@ -421,11 +435,8 @@ class Bench:
                 return result
             vol.snap(snap)
             target = dest if vol is vols[0] else dest + "-thin"
-            if parent_snap is None:
-                SECONDARY.remove(target)
-                if tool == "pipe":  # rbd import-diff needs an existing image
-                    SECONDARY.create(target, MiB)
-            sync = ours_sync if tool == "ours" else pipe_sync
+            sync = (new_copy(tool, SECONDARY, target) if parent_snap is None
+                    else sync_commands(tool))
             cmds = sync(vol.spec(snap), SECONDARY.spec(target), from_snap=parent_snap,
                         dest_conf=conf)
             return self.measure(tag + scenario, tool, lambda: run_measured(cmds), payload,
@@ -448,10 +459,7 @@ class Bench:
                              lambda: work("restore", backup_id=backups[-1], volume_id=new.id,
                                           is_new=True), data, cache, PRIMARY)
             else:
-                PRIMARY.remove(new.name)
-                if tool == "pipe":
-                    PRIMARY.create(new.name, MiB)
-                sync = ours_sync if tool == "ours" else pipe_sync
+                sync = new_copy(tool, PRIMARY, new.name)
                 cmds = sync(SECONDARY.spec(dest, "b3"), new.spec(), src_conf=conf,
                             dest_conf=PRIMARY.conf)
                 self.measure(tag + "5 restore to new volume", tool,
@@ -512,10 +520,7 @@ class Bench:
             pipelines = []
             for vol, dest in zip(vols, dests, strict=True):
                 vol.snap("b1")
-                SECONDARY.remove(dest)
-                if tool == "pipe":
-                    SECONDARY.create(dest, MiB)
-                sync = ours_sync if tool == "ours" else pipe_sync
+                sync = new_copy(tool, SECONDARY, dest)
                 pipelines.append(sync(vol.spec("b1"), SECONDARY.spec(dest), dest_conf=conf))
             self.measure(scenario, tool, lambda: run_measured(None, pipelines=pipelines),
                          data, self.caches[conf])
@@ -644,10 +649,7 @@ class Bench:
         s1 would still list the rolled-back extents)."""
         name = DEST[tool]
         if not has_snap(SECONDARY, name, "s1"):
-            SECONDARY.remove(name)
-            if tool == "pipe":
-                SECONDARY.create(name, MiB)
-            sync = ours_sync if tool == "ours" else pipe_sync
+            sync = new_copy(tool, SECONDARY, name)
             run_measured(sync(PRIMARY.spec(SRC, "s1"), SECONDARY.spec(name)))
         with SECONDARY.image(name) as img:
             if any(snap["name"] == "s2" for snap in img.list_snaps()):
@@ -667,7 +669,7 @@ class Bench:
         for run in range(self.runs):
             for tool in self.order(("ours", "pipe"), run):
                 self.reset_dest(tool)
-                sync = ours_sync if tool == "ours" else pipe_sync
+                sync = sync_commands(tool)
                 cmds = sync(PRIMARY.spec(SRC, "s2"), SECONDARY.spec(DEST[tool]),
                             from_snap="s1", dest_conf=conf)
                 self.measure("WAN 3 incr. 4K scattered, no cache", tool,
@@ -687,10 +689,7 @@ class Bench:
                 img.create_snap("s1")
             for run in range(self.runs):
                 for tool in self.order(("ours", "pipe"), run):
-                    SECONDARY.remove(SPARSE_DEST[tool])
-                    if tool == "pipe":
-                        SECONDARY.create(SPARSE_DEST[tool], MiB)
-                    sync = ours_sync if tool == "ours" else pipe_sync
+                    sync = new_copy(tool, SECONDARY, SPARSE_DEST[tool])
                     cmds = sync(PRIMARY.spec(SPARSE, "s1"), SECONDARY.spec(SPARSE_DEST[tool]))
                     self.measure("sparse %s image, full" % human(size), tool,
                                  lambda cmds=cmds: run_measured(cmds), written,
