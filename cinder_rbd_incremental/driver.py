@@ -82,18 +82,21 @@ def run_native(func, *args):
 
 class Overlapped:
     """``func(*args)`` on a native thread from ``start()`` on; ``wait()`` joins
-    it and returns its exception (None when it succeeded or never started).
+    it and returns its exception (None when it succeeded or never started);
+    ``value`` is then what it returned.
 
-    The previous source snapshot is removed this way while the backup
-    cluster creates the new restore point: both wait for their own cluster's
-    monitors (up to ``paxos_propose_interval``, 1 s by default), so the waits
-    overlap instead of adding up.
+    A backup snapshots the volume this way while it reads the parent's
+    lineage from the backup cluster, and removes the previous source snapshot
+    while the backup cluster creates the new restore point: a snapshot waits
+    for its cluster's monitors (up to ``paxos_propose_interval``, 1 s by
+    default), so the waits overlap instead of adding up.
     """
 
     def __init__(self, func, *args):
         self._call = (func, args)
         self._thread = None
         self._error = None
+        self.value = None
 
     @property
     def started(self):
@@ -107,7 +110,7 @@ class Overlapped:
     def _run(self):
         func, args = self._call
         try:
-            func(*args)
+            self.value = func(*args)
         except Exception as exc:  # handed to wait()
             self._error = exc
 
@@ -227,13 +230,13 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         with cluster.cluster(job.source_spec) as src_client, \
                 cluster.ioctx(src_client, job.source_pool) as src_ctx, \
                 self.target.session(writing=True) as session:
-            src_snap = job.snapshot_name or self._take_source_snapshot(src_ctx, job)
+            src_snap, parent_lineage = self._snapshot_and_parent_lineage(job, src_ctx, session)
             # started once the data is durable on the target (see _write_chain)
             prune = Overlapped(self._prune_source_snapshots, src_ctx, job, src_snap)
             try:
                 with cluster.image(src_ctx, job.source_image, snapshot=src_snap,
                                    read_only=True) as src_img:
-                    parent = self._usable_parent(job, src_client, src_img, session)
+                    parent = self._usable_parent(src_client, src_img, parent_lineage)
                     record = self._transfer(job, options, src_client, src_img, src_snap,
                                             session, parent, prune)
             finally:
@@ -246,6 +249,22 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                             "%s: %s", job.backup_id, job.source_image, error)
         return record
 
+    def _snapshot_and_parent_lineage(self, job, src_ctx, session):
+        """Snapshot the volume (unless a Cinder snapshot is backed up) and read
+        the parent's lineage at the same time: the volume cluster's monitors
+        commit the snapshot (up to 1 s) while the backup cluster answers.
+        Returns the source snapshot's name and :meth:`_parent_lineage`."""
+        snapshot = Overlapped(self._take_source_snapshot, src_ctx, job)
+        if not job.snapshot_name:
+            snapshot.start()
+        try:
+            parent_lineage = self._parent_lineage(job, session)
+        finally:
+            error = snapshot.wait()
+        if error is not None:
+            raise error
+        return job.snapshot_name or snapshot.value, parent_lineage
+
     @staticmethod
     def _take_source_snapshot(src_ctx, job):
         name = naming.backup_snapshot(job.backup_id)
@@ -253,8 +272,9 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             img.create_snap(name)
         return name
 
-    def _usable_parent(self, job, src_client, src_img, session):
-        """The parent's lineage if an incremental is possible, else the reason why not."""
+    @staticmethod
+    def _parent_lineage(job, session):
+        """The parent's lineage if its restore point is there, else the reason why not."""
         if not job.parent_id:
             return None, None
         if job.parent_location is None:
@@ -267,6 +287,15 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None, "the parent's chain image %s is gone" % image
         if record is None or snap not in chain_snaps:
             return None, "the parent's snapshot %s is gone from %s" % (snap, image)
+        return record, None
+
+    @staticmethod
+    def _usable_parent(src_client, src_img, parent_lineage):
+        """The parent's lineage if an incremental is possible from the volume's
+        snapshot ``src_img``, else the reason why not."""
+        record, reason = parent_lineage
+        if record is None:
+            return None, reason
         source_snap = record["source"].get("snapshot")
         if source_snap not in rbd_target.snapshot_names(src_img):
             return None, "the parent's source snapshot %s is gone from the volume" % source_snap
