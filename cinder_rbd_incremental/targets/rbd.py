@@ -491,10 +491,9 @@ class RBDSession(base.TargetSession):
     opened, serves the reads too (a read-only one would not see the
     snapshots it creates); a ``writing`` session opens HEAD for writing from
     the start, so a backup reading its parent's lineage first does not open
-    it twice (at 20 ms a round trip, an open costs 0.15 s). Metadata
-    (lineage, volume metadata) is image-wide,
-    so while a snapshot of the chain is open (a restore point) it is read
-    through that handle instead of opening HEAD.
+    it twice (at 20 ms a round trip, an open costs 0.15 s). Metadata (lineage,
+    volume metadata) is image-wide, so while a snapshot of the chain is open
+    (a restore point) it is read through that handle instead of opening HEAD.
     """
 
     def __init__(self, client, ctx, who=None, writing=False):

@@ -147,9 +147,12 @@ class CinderEnv:
         return volume
 
     def delete_volume(self, volume):
-        with self.primary() as ctx:
-            with contextlib.suppress(rbd.ImageNotFound):
-                rbd_target.remove_image(ctx, volume.name)
+        self.remove_volume_image(volume.name)
+
+    def remove_volume_image(self, name):
+        """Remove image ``name`` of the volumes pool, if there is one."""
+        with self.primary() as ctx, contextlib.suppress(rbd.ImageNotFound):
+            rbd_target.remove_image(ctx, name)
 
     def volume(self, volume_id):
         with self.db_lock:

@@ -12,6 +12,7 @@ import unittest
 import uuid
 from unittest import mock
 
+import rbd
 from cinder import exception
 
 from cinder_rbd_incremental import cluster, naming
@@ -298,23 +299,34 @@ class DriverTestCase(unittest.TestCase):
 
     def test_a_failed_prune_leaves_the_backup_complete(self):
         """The previous source snapshot goes while the restore point is marked;
-        if removing it fails, the backup still succeeds and the next one
-        removes it."""
+        if removing it fails (here: a clone of it exists), the backup still
+        succeeds and the next one removes it."""
         volume = self.new_volume()
         self.write(volume)
         full = self.backup(volume)
         self.write(volume)
-        with mock.patch.object(rbd_target, "remove_snapshots",
-                               side_effect=cluster.ClusterError("injected")), \
-                self.assertLogs("cinder_rbd_incremental.driver", "WARNING") as logs:
+        clone = self.clone_of(volume, self.env.location(full)[2])
+        with self.assertLogs("cinder_rbd_incremental.driver", "WARNING") as logs:
             second = self.backup(volume, parent=full)
         self.assertIn("could not remove the previous backup snapshot", logs.output[0])
         self.assertTrue(second.parent_id)
+        self.env.remove_volume_image(clone)
         self.write(volume)
         third = self.backup(volume, parent=second)
         with self.env.volume_image(volume, read_only=True) as img:
             snaps = [s["name"] for s in img.list_snaps()]
         self.assertEqual([self.env.location(third)[2]], snaps)
+
+    def clone_of(self, volume, snap):
+        """A clone of ``volume@snap`` (protected first), removed at clean-up."""
+        name = "%s.clone" % volume.name
+        with self.env.primary() as ctx:
+            with cluster.image(ctx, volume.name) as img:
+                img.protect_snap(snap)
+            rbd.RBD().clone(ctx, volume.name, snap, ctx, name,
+                            features=rbd.RBD_FEATURE_LAYERING)
+        self.addCleanup(self.env.remove_volume_image, name)
+        return name
 
     def chain_snapshots(self, name):
         with self.env.chain_image(name) as img:

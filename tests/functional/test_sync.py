@@ -204,32 +204,33 @@ class OnDurableTest(base.FunctionalTestCase):
     """``engine.transfer(on_durable=...)``: called once the data is on the
     destination and before its end snapshot exists; its error aborts."""
 
+    def setUp(self):
+        super().setUp()
+        self.src = self.make_history(self.primary, steps=1)
+        self.dest = self.make_image(self.secondary, self.size_of(self.primary, self.src))
+
     def transfer(self, on_durable):
-        src = self.make_history(self.primary, steps=1)
-        dest = self.make_image(self.secondary, self.size_of(self.primary, src))
-        source = self.open_image(self.primary, src, "s1", read_only=True)
-        target = self.open_image(self.secondary, dest)
+        source = self.open_image(self.primary, self.src, "s1", read_only=True)
+        target = self.open_image(self.secondary, self.dest)
         sink = rbd_target.ImageSink(target, fresh=True, ioctx=self.secondary.ioctx)
         plan = engine.Plan(to_snap="s1", size=source.size())
-        engine.transfer(source, sink, plan, on_durable=lambda: on_durable(src, dest))
-        return src, dest
+        engine.transfer(source, sink, plan, on_durable=on_durable)
 
     def test_called_when_the_data_is_there_and_the_snapshot_is_not(self):
         seen = []
 
-        def durable(src, dest):
-            seen.append(self.snapshots(self.secondary, dest))
-            self.assertSameContent(self.primary, src, "s1", self.secondary, dest, None)
+        def durable():
+            seen.append(self.snapshots(self.secondary, self.dest))
+            self.assertSameContent(self.primary, self.src, "s1", self.secondary, self.dest, None)
 
-        _src, dest = self.transfer(durable)
+        self.transfer(durable)
         self.assertEqual([[]], seen)
-        self.assertEqual(["s1"], self.snapshots(self.secondary, dest))
+        self.assertEqual(["s1"], self.snapshots(self.secondary, self.dest))
 
     def test_an_error_in_it_leaves_no_end_snapshot(self):
-        def durable(src, dest):
+        def durable():
             raise RuntimeError("injected")
 
         with self.assertRaisesRegex(RuntimeError, "injected"):
             self.transfer(durable)
-        images = [name for cl, name in self._images if cl is self.secondary]
-        self.assertEqual([], self.snapshots(self.secondary, images[-1]))
+        self.assertEqual([], self.snapshots(self.secondary, self.dest))
