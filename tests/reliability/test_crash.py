@@ -30,6 +30,7 @@ import uuid
 import rbd
 
 from cinder_rbd_incremental import naming
+from cinder_rbd_incremental.targets import rbd as rbd_target
 from tests.reliability import base, sandbox
 
 SEED = int(os.environ.get("RELIABILITY_SEED") or random.SystemRandom().randrange(1 << 32))
@@ -41,7 +42,10 @@ CLI_INCREMENTAL_KILLS = 4
 DRIVER_FULL_KILLS = 4
 DRIVER_INCREMENTAL_KILLS = 4
 RESTORE_KILLS = 4          # 2 into a new volume, 2 in place
-END_KILL_DELAYS = (0.05, 0.15, 0.3)   # after the lineage is stored
+# (moment, delay): "pruning" once the previous source snapshot starts going
+# (it is removed while the chain marks the restore point), "recorded" once the
+# lineage is stored on the chain image
+END_KILLS = (("pruning", 0.0), ("pruning", 0.05), ("recorded", 0.0), ("recorded", 0.05))
 INITIAL_DATA = 48 * MiB     # a backup takes ~1-1.5 s full, ~1.5-2 s incremental
 CHANGE_DATA = 16 * MiB
 SYNC_INITIAL_DATA = 128 * MiB   # sync does not verify: more data for ~1-2 s
@@ -387,10 +391,11 @@ class CrashTestCase(base.ReliabilityTestCase):
         self.assertNotIn(volume.name, sandbox.images(sandbox.PRIMARY))
 
     def test_driver_killed_while_recording_and_pruning(self):
-        """Chosen kill points at the end of an incremental backup: as soon as its
-        lineage is stored on the chain image, and a little later, while the
+        """Chosen kill points at the end of an incremental backup: while the
         driver removes the previous backup's snapshot from the volume (librbd
-        first moves a snapshot to the trash namespace, then removes it)."""
+        first moves a snapshot to the trash namespace, then removes it; the
+        chain's restore point is being marked meanwhile), and as soon as its
+        lineage is stored on the chain image."""
         env, drv = self.env, self.env.driver()
         volume = self.new_volume()
         with sandbox.ioctx(sandbox.PRIMARY) as ctx, rbd.Image(ctx, volume.name) as img:
@@ -400,30 +405,29 @@ class CrashTestCase(base.ReliabilityTestCase):
         self.run_to_completion("backup_full", {"op": "backup", "backup_id": first.id})
         completed = [env.backup(first.id)]
         attempts = [first]
-        for delay in END_KILL_DELAYS:
+        for moment, delay in END_KILLS:
             with sandbox.ioctx(sandbox.PRIMARY) as ctx, rbd.Image(ctx, volume.name) as img:
                 self.writer.scatter(img, 4 * MiB, 2)
             parent = completed[-1]
-            chain = env.location(parent)[1]
+            _pool, chain, parent_snap = env.location(parent)
             backup = env.create_backup(volume, parent)
             attempts.append(backup)
-            key = "rbd_incremental.backup." + backup.id
+            if moment == "pruning":
+                happened = self.snapshot_going(volume.name, parent_snap)
+            else:
+                happened = self.lineage_stored(chain, backup.id)
 
-            def kill_after_lineage(pid, key=key, chain=chain, delay=delay):
+            def kill(pid, happened=happened, delay=delay):
                 deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    with sandbox.ioctx(sandbox.SECONDARY) as ctx, \
-                            rbd.Image(ctx, chain, read_only=True) as img:
-                        if key in dict(img.metadata_list()):
-                            break
+                while time.monotonic() < deadline and not happened():
                     time.sleep(0.005)
                 time.sleep(delay)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
             outcome = self.worker.run({"op": "backup", "backup_id": backup.id},
-                                      fault=(0.0, kill_after_lineage), timeout=OP_TIMEOUT)
-            trace("backup killed %.2f s after its lineage: %s" % (delay, outcome.describe()))
+                                      fault=(0.0, kill), timeout=OP_TIMEOUT)
+            trace("backup killed %.2f s after %s: %s" % (delay, moment, outcome.describe()))
             if outcome.done:
                 completed.append(env.backup(backup.id))
                 continue
@@ -449,6 +453,24 @@ class CrashTestCase(base.ReliabilityTestCase):
         chains |= {naming.chain_image(volume.id, b.id) for b in attempts}
         self.delete_by_chain(drv, completed)
         self.assertNothingLeft(volumes=[volume], chains=chains)
+
+    @staticmethod
+    def snapshot_going(volume_name, snap):
+        """True once ``snap`` is no longer a user snapshot of the volume."""
+        def going():
+            with sandbox.ioctx(sandbox.PRIMARY) as ctx, \
+                    rbd.Image(ctx, volume_name, read_only=True) as img:
+                return snap not in rbd_target.snapshot_names(img)
+        return going
+
+    @staticmethod
+    def lineage_stored(chain, backup_id):
+        """True once the lineage of ``backup_id`` is in the chain's metadata."""
+        def stored():
+            with sandbox.ioctx(sandbox.SECONDARY) as ctx, \
+                    rbd.Image(ctx, chain, read_only=True) as img:
+                return rbd_target.backup_meta_key(backup_id) in dict(img.metadata_list())
+        return stored
 
     def delete_by_chain(self, drv, backups):
         """Delete backups newest first in each chain, the chains side by side."""
