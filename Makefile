@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test deps sandbox sandbox-down unit functional e2e lint docs reliability bench bench-quick clean
+.PHONY: demo test deps sandbox sandbox-down unit functional e2e lint docs reliability mypy releasenotes bench bench-quick clean
 
 demo: sandbox
 	$(PY) tools/journey.py
@@ -28,6 +28,10 @@ sandbox-down:
 unit functional e2e lint docs reliability: sandbox
 	tools/run-tests $@
 
+# No cluster needed.
+mypy releasenotes: deps
+	tools/run-tests $@
+
 # The API rows use the Cinder stack shared with the e2e tests: bench/run.py
 # takes /tmp/cinder-stack.lock around them and leaves the stack down.
 bench: sandbox
@@ -37,4 +41,4 @@ bench-quick: sandbox
 	$(PY) bench/run.py --quick
 
 clean: sandbox-down
-	rm -rf $(VENV) .stestr doc/build
+	rm -rf $(VENV) .stestr doc/build releasenotes/build .tox
