@@ -40,16 +40,21 @@ class Layout:
     data_pool: str = None
     stripe_unit: int = None
     stripe_count: int = None
-    features: int = None
+    feature_names: list = None
     journaling: bool = False
 
     @classmethod
     def from_conf(cls, options):
-        features = parse_features(options.backup_ceph_image_features)
         return cls(data_pool=options.backup_ceph_data_pool or None,
                    stripe_unit=options.backup_ceph_stripe_unit or None,
                    stripe_count=options.backup_ceph_stripe_count or None,
-                   features=features, journaling=options.backup_ceph_image_journals)
+                   feature_names=options.backup_ceph_image_features,
+                   journaling=options.backup_ceph_image_journals)
+
+    @property
+    def features(self):
+        """The feature mask asked for (ValueError for an unknown name), or None."""
+        return parse_features(self.feature_names)
 
     def create_args(self, client):
         """Keyword arguments of ``rbd.RBD().create`` on ``client``'s cluster."""
