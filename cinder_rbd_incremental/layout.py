@@ -133,21 +133,20 @@ def check_data_pool(client, pool, who):
             raise cluster.ClusterError(
                 "%s cannot write to data pool %s: give it 'profile rbd pool=%s' as well"
                 % (who, pool, pool)) from None
-        except rados.Error as exc:
-            if "EOPNOTSUPP" in str(exc) or getattr(exc, "errno", None) == 95:
-                raise _no_overwrites(pool) from None
-            raise
+    # (a whole-object write works on any erasure-coded pool: ask the monitors)
     details = pool_details(client, pool)
     if details is None:
         LOG.warning("could not read the settings of data pool %s (mon 'profile rbd' "
                     "lets the user list pools): not checking allow_ec_overwrites", pool)
         return
+    if lacks_overwrites(details):
+        raise cluster.ClusterError(
+            "data pool %s is erasure coded without overwrites, which RBD needs: run 'ceph "
+            "osd pool set %s allow_ec_overwrites true'" % (pool, pool))
+
+
+def lacks_overwrites(details):
+    """True for an erasure-coded pool (``osd pool ls detail``) without
+    ``allow_ec_overwrites``."""
     erasure = details.get("type") == 3 or bool(details.get("erasure_code_profile"))
-    if erasure and "ec_overwrites" not in (details.get("flags_names") or ""):
-        raise _no_overwrites(pool)
-
-
-def _no_overwrites(pool):
-    return cluster.ClusterError(
-        "data pool %s is erasure coded without overwrites: run 'ceph osd pool set %s "
-        "allow_ec_overwrites true'" % (pool, pool))
+    return erasure and "ec_overwrites" not in (details.get("flags_names") or "").split(",")

@@ -1,5 +1,6 @@
 """Pure logic of checksums (recording, laying records over, folding) and the rate limit."""
 
+import itertools
 import random
 import unittest
 
@@ -45,7 +46,7 @@ def extents(draw):
     """Disjoint ascending (offset, length, exists) inside SIZE."""
     cuts = sorted(set(draw(st.lists(st.integers(0, SIZE), min_size=2, max_size=12))))
     result = []
-    for start, end in zip(cuts, cuts[1:]):
+    for start, end in itertools.pairwise(cuts):
         if draw(st.booleans()):
             result.append((start, end - start, draw(st.booleans())))
     return result
@@ -172,3 +173,11 @@ class LayoutTest(unittest.TestCase):
                          layout.parse_features(["layering", "journaling"]))
         with self.assertRaisesRegex(ValueError, "unknown feature.*bogus"):
             layout.parse_features(["layering", "bogus"])
+
+    def test_erasure_coded_pools_need_overwrites(self):
+        replicated = {"type": 1, "erasure_code_profile": "", "flags_names": "hashpspool"}
+        erasure = {"type": 3, "erasure_code_profile": "k2m1", "flags_names": "hashpspool"}
+        self.assertFalse(layout.lacks_overwrites(replicated))
+        self.assertTrue(layout.lacks_overwrites(erasure))
+        self.assertFalse(layout.lacks_overwrites(dict(erasure,
+                                                      flags_names="hashpspool,ec_overwrites")))
