@@ -141,6 +141,7 @@ def build_parser():
                      help="roll a HEAD changed since the start snapshot back to it first")
     cmd.add_argument("--zero-granularity", type=positive_int, default=engine.DEFAULT_GRANULARITY,
                      metavar="BYTES", help="zero-run detection block size (default 4096)")
+    _add_limit_rate(cmd)
     cmd.add_argument("path", metavar="FILE|-")
     cmd.add_argument("image", metavar="POOL/IMAGE")
     cmd.set_defaults(func=cmd_import_diff)
@@ -316,7 +317,8 @@ def cmd_import_diff(args):
             sink = rbd_target.ImageSink(img, force=args.force, rollback=args.rollback,
                                         ioctx=ctx, who=who)
             with progress_bar(args, "import-diff") as progress:
-                stats = engine.apply_records(reader, sink, plan, args.zero_granularity, progress)
+                stats = engine.apply_records(reader, limited(args, sink), plan,
+                                             args.zero_granularity, progress)
     report(stats)
 
 
