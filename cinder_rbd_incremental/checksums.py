@@ -12,9 +12,11 @@ earlier backups.
 A changed extent rarely covers whole blocks (a 4 KiB write inside a 64 KiB
 block): :meth:`Recorder.widen` widens the engine's reads to whole blocks, on
 the source side, and :meth:`Recorder.take` hands the sink only the bytes that
-changed, so what is sent does not grow. Digests are SHA-256 truncated to 16
-bytes: with the CPUs' SHA extensions OpenSSL hashes several times faster than
-BLAKE2, and hashlib releases the GIL while it does.
+changed, so what is sent does not grow. Digests are CRC-32 (zlib's, which
+releases the GIL): scrub looks for rot, not for an adversary (who could
+rewrite the records as well), and a CRC per block is what BlueStore keeps
+too. It costs 0.34 s of CPU per GiB on the sandbox's host, where SHA-256
+(with the CPU's SHA extensions) costs 0.80 s and BLAKE2b 2.6 s.
 
 Records are RADOS objects in the chain image's pool (its metadata pool when
 the image has a data pool), named after the image id and the snapshot:
@@ -26,19 +28,19 @@ those built on it "without checksums", never "damaged".
 """
 
 import dataclasses
-import hashlib
 import json
 import struct
+import zlib
 
 import rados
 
 BLOCK = 64 << 10
-ALGORITHM = "sha256/16"
-DIGEST_BYTES = 16
+ALGORITHM = "crc32"
+DIGEST_BYTES = 4
 PREFIX = "rbd_incremental.sums."
 PART_BYTES = 32 << 20
 FORMAT = 1
-_DATA = struct.Struct("<Q16s")
+_DATA = struct.Struct("<Q4s")
 _ZERO = struct.Struct("<QQ")
 
 
@@ -47,7 +49,7 @@ def digest(piece, block=BLOCK):
     with zeros, so growing the image does not change it."""
     if len(piece) < block:
         piece = bytes(piece) + bytes(block - len(piece))
-    return hashlib.sha256(piece).digest()[:DIGEST_BYTES]
+    return zlib.crc32(piece).to_bytes(DIGEST_BYTES, "little")
 
 
 class NoChecksums(Exception):
