@@ -403,9 +403,16 @@ def markdown(rep):
     return "\n".join(out)
 
 
+# Sections after this line in benchmarks.md come from partial runs (``--only``)
+# and are kept when a full run rewrites the page.
+KEPT_MARKER = "<!-- sections below: partial runs, kept by bench/report.py -->"
+
+
 def write_doc(rep):
     STATIC.mkdir(parents=True, exist_ok=True)
     DOC_JSON.write_text(json.dumps(rep, indent=1, sort_keys=True, default=str) + "\n")
     chart(rep, DOC_PNG)
-    DOC.write_text(markdown(rep))
+    old = DOC.read_text() if DOC.exists() else ""
+    kept = old[old.index(KEPT_MARKER):] if KEPT_MARKER in old else ""
+    DOC.write_text(markdown(rep) + ("\n" + kept if kept else ""))
     return [DOC, DOC_JSON, DOC_PNG]

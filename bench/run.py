@@ -35,6 +35,10 @@ its ceph.conf), at smaller sizes. Also: the ceiling (``rbd bench``), diff file
 sizes, the scattered incremental over WAN without the rbd cache, and the peak
 RSS of a full copy of a large sparse image.
 
+Backup-site rows: ``--only site``, ``sync`` with and without checksums (full
+and 4 KiB scattered incremental: what checksums cost); ``--only limit``,
+``--limit-rate`` on a 256 MiB transfer (the rate achieved against the cap).
+
 Usage: ``bench/run.py [--quick] [--runs N] [--only ...] [--write-doc]``.
 Writes ``bench/results/latest.json``; ``--write-doc`` also writes
 ``doc/source/benchmarks.md``, ``doc/source/_static/bench.json`` and
@@ -87,13 +91,16 @@ SPARSE_DEST = {"ours": PREFIX + "sparse-ours", "pipe": PREFIX + "sparse-pipe"}
 TOOL = shutil.which("rbd-incremental", path=os.path.dirname(sys.executable)) or str(
     ROOT / ".venv" / "bin" / "rbd-incremental")
 RESULTS = ROOT / "bench" / "results"
-SCENARIOS = ("ceiling", "journey", "wan", "many", "api", "files", "nocache", "sparse")
+SCENARIOS = ("ceiling", "journey", "wan", "many", "api", "files", "nocache", "sparse", "site",
+             "limit")
 SHARED_CEILING = "read + write at once"  # bench/report.py keeps it out of the ceiling
 JOURNEY_TOOLS = ("pipe", "ours", "ours driver", "stock driver")
 API_TOOLS = ("ours API", "stock API")
 LATENCY = ("ms_inject_delay_type = osd\nms_inject_delay_max = 0.02\n"
            "ms_inject_delay_probability = 1\n")
 SMALL_WRITE = 4 * KiB
+# the --limit-rate rows: a cap well under what the sandbox does even when busy
+LIMITED = {"transfer": 256 * MiB, "rate": 8 * MiB}
 SPARSE_BLOCK = 1 * MiB
 
 # "wan": the sizes of every WAN row; "many": each of the eight volumes.
@@ -124,8 +131,10 @@ def human(size):
 
 # -- command lines ---------------------------------------------------------------
 
-def ours_sync(src, dest, from_snap=None, src_conf=PRIMARY.conf, dest_conf=SECONDARY.conf):
-    cmd = [TOOL, "--no-progress", "sync", "--src-conf", src_conf, "--dest-conf", dest_conf]
+def ours_sync(src, dest, from_snap=None, src_conf=PRIMARY.conf, dest_conf=SECONDARY.conf,
+              extra=()):
+    cmd = [TOOL, "--no-progress", "sync", "--src-conf", src_conf, "--dest-conf", dest_conf,
+           *extra]
     if from_snap:
         cmd += ["--from-snap", from_snap]
     return [cmd + [src, dest]]
@@ -699,6 +708,85 @@ class Bench:
                 SECONDARY.remove(name)
             PRIMARY.remove(SPARSE)
 
+    # -- the backup site: checksums' cost, the bandwidth cap ------------------------
+
+    def site(self):
+        """``sync`` with checksums (the default) and without, alternating; then
+        ``--limit-rate`` on a 256 MiB transfer: sync, and export-diff to a pipe."""
+        cfg, cache = self.cfg, self.caches[SECONDARY.conf]
+        rng = seeded(self.args.seed + 19)
+        vols = [Volume(self, "ours", cfg["image"], "site")]
+        try:
+            vol = vols[0]
+            data = self.fill(vol, rng, cfg["data"])
+            vol.snap("b1")
+            scattered = self.scattered_change(vol, rng, cfg["small_writes"])
+            vol.snap("b2")
+            for run in range(self.runs):
+                for variant in self.order(("checksums", "no checksums"), run):
+                    extra = ["--no-checksums"] if variant == "no checksums" else []
+                    dest = PREFIX + "site-" + variant.replace(" ", "-")
+                    new_copy("ours", SECONDARY, dest)
+                    for snap, parent, name, payload in (
+                            ("b1", None, "site: full backup", data),
+                            ("b2", "b1", "site: incr. 4K scattered", scattered)):
+                        cmds = ours_sync(vol.spec(snap), SECONDARY.spec(dest), parent,
+                                         extra=extra)
+                        self.measure(name, "ours, " + variant, self.with_stats(cmds),
+                                     payload, cache)
+                    SECONDARY.remove(dest)
+        finally:
+            self.drop_volumes(vols)
+            for name in SECONDARY.list(PREFIX + "site-"):
+                SECONDARY.remove(name)
+
+    @staticmethod
+    def with_stats(cmds):
+        def action():
+            result = run_measured(cmds)
+            result["stats"] = parse_stats(result["procs"][0]["stderr"])  # ours is first
+            return result
+        return action
+
+    def limited(self):
+        """The cap: the rate a capped transfer achieves, by its own clock
+        (``seconds`` of its report: the transfer, not the process start)."""
+        vol = Volume(self, "ours", LIMITED["transfer"], "limited")
+        try:
+            self.limited_rows(vol, self.caches[SECONDARY.conf])
+        finally:
+            self.drop_volumes([vol])
+            for name in SECONDARY.list(PREFIX + "site-"):
+                SECONDARY.remove(name)
+
+    def limited_rows(self, vol, cache):
+        total, cap = LIMITED["transfer"], LIMITED["rate"]
+        self.fill(vol, seeded(self.args.seed + 20), total)
+        vol.snap("l1")
+        rate = ["--limit-rate", "%dM" % (cap // MiB)]
+        dest = PREFIX + "site-limited"
+        export = [TOOL, "--no-progress", "-c", PRIMARY.conf, "export-diff", *rate,
+                  vol.spec("l1"), "-"]
+        for run in range(self.runs):
+            new_copy("ours", SECONDARY, dest)
+            for tool, cmds in self.order((
+                    ("sync --limit-rate", ours_sync(vol.spec("l1"), SECONDARY.spec(dest),
+                                                   extra=rate)),
+                    ("export-diff --limit-rate",
+                     [export, ["dd", "of=/dev/null", "bs=1M", "status=none"]])), run):
+                result = self.measure("site: 256 MiB capped at %d MiB/s" % (cap // MiB), tool,
+                                      self.with_stats(cmds), total, cache)
+                stats = result["stats"]
+                achieved = stats["data_bytes"] / stats["seconds"]
+                result["achieved_mib_per_s"] = achieved / MiB
+                self.notes.setdefault("limit_rate", []).append(
+                    {"tool": tool, "cap_mib_per_s": cap / MiB,
+                     "achieved_mib_per_s": round(achieved / MiB, 2),
+                     "error": round(achieved / cap - 1, 4)})
+                log("%s: %.2f MiB/s for a cap of %d MiB/s (%+.1f%%)"
+                    % (tool, achieved / MiB, cap // MiB, 100 * (achieved / cap - 1)))
+            SECONDARY.remove(dest)
+
     def verify(self, what, first, second):
         cmd = [TOOL, "--no-progress", "verify", "--src-conf", PRIMARY.conf,
                "--dest-conf", PRIMARY.conf, first, second]
@@ -743,6 +831,10 @@ class Bench:
                 PRIMARY.remove(SRC)
             if "sparse" in only:
                 self.sparse()
+            if "site" in only:
+                self.site()
+            if "limit" in only:
+                self.limited()
             if "api" in only:
                 self.api()
         finally:

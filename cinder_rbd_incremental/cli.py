@@ -7,7 +7,7 @@ Exit codes:
 * 2  usage error
 * 3  nothing to do: the target already has the end snapshot
 * 4  refused: the target is not in the state the diff starts from
-* 5  verify: the images differ
+* 5  verify: the images differ; scrub: a restore point is damaged
 * 130 interrupted
 """
 
@@ -18,7 +18,8 @@ import logging
 import signal
 import sys
 
-from cinder_rbd_incremental import cluster, diffstream, engine, naming
+from cinder_rbd_incremental import checksums, cluster, diffstream, engine, naming, ratelimit
+from cinder_rbd_incremental import scrub as scrubbing
 from cinder_rbd_incremental.targets import file as file_target
 from cinder_rbd_incremental.targets import rbd as rbd_target
 
@@ -56,6 +57,31 @@ def positive_int(text):
     if value <= 0:
         raise argparse.ArgumentTypeError("%r is not a positive integer" % text)
     return value
+
+
+def rate(text):
+    """argparse type: bytes per second, e.g. 50M."""
+    try:
+        return ratelimit.parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def percent(text):
+    """argparse type: a percentage in (0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError("%r is not a percentage in (0, 100]" % text)
+    return value
+
+
+def _add_limit_rate(parser):
+    parser.add_argument("--limit-rate", type=rate, metavar="RATE",
+                        help="send at most RATE bytes per second (K, M, G: KiB, MiB, GiB; "
+                             "shared by all the command's parallel writes)")
 
 
 def _add_engine_args(parser):
@@ -104,6 +130,7 @@ def build_parser():
     cmd.add_argument("--export-format", type=int, choices=(1, 2), default=1,
                      help="diff format: 1 (rbd import-diff) or 2 (adds lineage)")
     _add_engine_args(cmd)
+    _add_limit_rate(cmd)
     cmd.add_argument("image", metavar="POOL/IMAGE@SNAP")
     cmd.add_argument("path", metavar="FILE|-")
     cmd.set_defaults(func=cmd_export_diff)
@@ -114,6 +141,7 @@ def build_parser():
                      help="roll a HEAD changed since the start snapshot back to it first")
     cmd.add_argument("--zero-granularity", type=positive_int, default=engine.DEFAULT_GRANULARITY,
                      metavar="BYTES", help="zero-run detection block size (default 4096)")
+    _add_limit_rate(cmd)
     cmd.add_argument("path", metavar="FILE|-")
     cmd.add_argument("image", metavar="POOL/IMAGE")
     cmd.set_defaults(func=cmd_import_diff)
@@ -141,12 +169,24 @@ def build_parser():
     cmd.add_argument("--force", action="store_true", help="skip the state checks")
     cmd.add_argument("--rollback", action="store_true",
                      help="roll a destination HEAD changed since the start snapshot back")
+    cmd.add_argument("--no-checksums", action="store_true",
+                     help="do not record the checksums scrub checks the copy with")
     _add_cluster_args(cmd, "src-", "source ")
     _add_cluster_args(cmd, "dest-", "destination ")
     _add_engine_args(cmd)
+    _add_limit_rate(cmd)
     cmd.add_argument("source", metavar="POOL/IMAGE@SNAP")
     cmd.add_argument("dest", metavar="POOL/IMAGE")
     cmd.set_defaults(func=cmd_sync)
+
+    cmd = add("scrub", "check restore points against their checksums, without the source")
+    cmd.add_argument("--sample", type=percent, metavar="PERCENT",
+                     help="read only PERCENT of each restore point's objects, at random")
+    cmd.add_argument("--format", choices=("plain", "json"), default="plain")
+    cmd.add_argument("--no-mark", action="store_true",
+                     help="do not record damage in the image's metadata for the driver")
+    cmd.add_argument("target", metavar="POOL[/IMAGE[@SNAP]]")
+    cmd.set_defaults(func=cmd_scrub)
 
     cmd = add("verify", "compare two images at snapshots, byte for byte")
     _add_cluster_args(cmd, "src-", "first image's ")
@@ -238,6 +278,11 @@ def make_plan(client, img, to_snap, from_snap):
         identity_to=cluster.snapshot_identity(client, img, to_snap))
 
 
+def limited(args, sink):
+    """``sink`` under the process's ``--limit-rate`` bucket, if one was asked for."""
+    return ratelimit.throttled(sink, ratelimit.shared(getattr(args, "limit_rate", None)))
+
+
 def report(stats, **extra):
     fields = dict(stats.as_dict(), **extra)
     print(" ".join("%s=%s" % (k, round(v, 3) if isinstance(v, float) else v)
@@ -252,7 +297,7 @@ def cmd_export_diff(args):
         plan = make_plan(client, img, snap, args.from_snap)
         sink = output_sink(args.path, args.export_format)
         with progress_bar(args, "export-diff") as progress:
-            stats = engine.transfer(img, sink, plan, options, progress)
+            stats = engine.transfer(img, limited(args, sink), plan, options, progress)
     report(stats, stream_bytes=sink.bytes_written)
 
 
@@ -272,7 +317,8 @@ def cmd_import_diff(args):
             sink = rbd_target.ImageSink(img, force=args.force, rollback=args.rollback,
                                         ioctx=ctx, who=who)
             with progress_bar(args, "import-diff") as progress:
-                stats = engine.apply_records(reader, sink, plan, args.zero_granularity, progress)
+                stats = engine.apply_records(reader, limited(args, sink), plan,
+                                             args.zero_granularity, progress)
     report(stats)
 
 
@@ -338,8 +384,14 @@ def cmd_sync(args):
                                             max_in_flight_ops=options.max_in_flight_ops,
                                             max_in_flight_bytes=options.max_in_flight_bytes,
                                             ioctx=ctx, who=who)
+                recorder = None
+                if not (args.no_checksums or args.force):
+                    recorder = checksums.Recorder(plan.size, parent=args.from_snap)
                 with progress_bar(args, "sync") as progress:
-                    stats = engine.transfer(img, sink, plan, options, progress)
+                    stats = engine.transfer(img, limited(args, sink), plan, options, progress,
+                                            digests=recorder)
+                if recorder is not None:  # before the copy counts as done: see checksums.py
+                    checksums.save(ctx, dest_img.id(), plan.dest_to, recorder.record)
     report(stats)
 
 
@@ -380,6 +432,46 @@ def cmd_verify(args):
     if offset is not None:
         raise CommandError("images differ at offset %d" % offset, EXIT_DIFFERENT)
     print("identical", file=sys.stderr)
+
+
+def cmd_scrub(args):
+    pool, _, rest = args.target.partition("/")
+    image, _, snap = rest.partition("@")
+    for name, what in ((pool, "pool"), (image, "image"), (snap, "snapshot")):
+        if name:
+            naming.check_name(name, what)
+    if snap and not image:
+        raise CommandError("%s: a snapshot needs an image (POOL/IMAGE@SNAP)" % args.target,
+                           EXIT_USAGE)
+    with cluster.cluster(cluster_spec(args)) as client, cluster.ioctx(client, pool) as ctx:
+        with progress_bar(args, "scrub") as progress:
+            results = scrubbing.scrub_pool(ctx, image or None, snap or None, args.sample,
+                                           progress, mark=not args.no_mark)
+    _print_scrub(args, results)
+    if image and results and all(r.status == "unchecked" for r in results):
+        raise CommandError("%s: %s" % (args.target, results[0].reason))
+    damaged = [r for r in results if r.status == "damaged"]
+    if damaged:
+        raise CommandError("%d restore point(s) damaged, first %s at offset %d"
+                           % (len(damaged), damaged[0].where, damaged[0].offsets[0]),
+                           EXIT_DIFFERENT)
+
+
+def _print_scrub(args, results):
+    if args.format == "json":
+        print(json.dumps([r.as_dict() for r in results], indent=2, sort_keys=True))
+        return
+    for r in results:
+        if r.status == "damaged":
+            print("damaged    %s at offset %s (%d damaged blocks of %d KiB)"
+                  % (r.where, ", ".join(map(str, r.offsets[:10])), r.damaged_blocks,
+                     checksums.BLOCK >> 10))
+        elif r.status == "unchecked":
+            print("unchecked  %s: %s" % (r.where, r.reason))
+        else:
+            print("ok         %s (%d bytes read%s)" % (
+                r.where, r.checked_bytes,
+                ", %g%% sample" % r.sample_percent if r.sample_percent else ""))
 
 
 # --- entry point --------------------------------------------------------------

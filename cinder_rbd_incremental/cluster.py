@@ -199,17 +199,20 @@ def snapshot_identity(client, img, snap_name):
             "snap_id": img.snap_get_id(snap_name)}
 
 
-def create_image_like(ctx, name, size, order=None, who=None):
+def create_image_like(ctx, name, size, order=None, who=None, layout=None):
     """Create a format 2 image for a copy (layering, exclusive-lock, object-map, fast-diff).
 
-    ``who`` (``client.<id>``) names the user in a permission error.
+    ``who`` (``client.<id>``) names the user in a permission error. ``layout``:
+    more ``rbd.RBD().create`` arguments (data pool, striping, features; a
+    ``features`` of None there means the cluster's ``rbd_default_features``).
     """
     features = (rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK
                 | rbd.RBD_FEATURE_OBJECT_MAP | rbd.RBD_FEATURE_FAST_DIFF
                 | rbd.RBD_FEATURE_DEEP_FLATTEN)
+    args = dict({"features": features}, **(layout or {}))
     pool = ctx.get_pool_name()
     try:
-        rbd.RBD().create(ctx, name, size, order=order, old_format=False, features=features)
+        rbd.RBD().create(ctx, name, size, order=order, old_format=False, **args)
     except rbd.ImageExists:
         raise ClusterError("image %s/%s already exists" % (pool, name)) from None
     except rbd.PermissionError as exc:

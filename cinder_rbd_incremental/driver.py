@@ -43,7 +43,16 @@ from oslo_config import cfg
 from oslo_service import loopingcall
 from stevedore import driver as stevedore_driver
 
-from cinder_rbd_incremental import cluster, diffstream, engine, lineage, naming, opts
+from cinder_rbd_incremental import (
+    checksums,
+    cluster,
+    diffstream,
+    engine,
+    lineage,
+    naming,
+    opts,
+    ratelimit,
+)
 from cinder_rbd_incremental.targets import base as target_base
 from cinder_rbd_incremental.targets import rbd as rbd_target
 
@@ -166,6 +175,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             max_in_flight_bytes=self.options.max_in_flight_mib << 20,
             whole_object=self.options.whole_object)
 
+    def _throttled(self, sink):
+        """``sink`` under the process's ``max_bandwidth_mib`` bucket, if set."""
+        return ratelimit.throttled(sink, ratelimit.shared(self.options.max_bandwidth_mib << 20))
+
     def source_spec(self, volume_file=None):
         """How to reach the volume cluster: os-brick's connection when there is one."""
         timeouts = {"connect_timeout": self.options.connect_timeout,
@@ -287,6 +300,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None, "the parent's chain image %s is gone" % image
         if record is None or snap not in chain_snaps:
             return None, "the parent's snapshot %s is gone from %s" % (snap, image)
+        damage = session.damage(image, snap)
+        if damage:
+            return None, ("scrub found the parent's restore point %s@%s damaged at offset %s "
+                          "(%s)" % (image, snap, damage.get("offset"), damage.get("scrubbed")))
         return record, None
 
     @staticmethod
@@ -366,7 +383,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             records = _changed_chunks(engine.file_chunks(volume_file, job.size, chunk),
                                       chunk, digests, parent_digests)
             with session.writing(image, parent is None, options) as sink:
-                stats = engine.apply_records(records, sink, plan, options.zero_granularity,
+                stats = engine.apply_records(records, self._throttled(sink), plan,
+                                             options.zero_granularity,
                                              lambda done, total: job.progress.update(
                                                  done=done, total=total))
             session.save_digests(image, job.backup_id, b"".join(digests))
@@ -415,9 +433,11 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                                                              whole_object=True))
             prune.start()
 
+        recorder = checksums.Recorder(plan.size, parent=plan.dest_from)
         with session.writing(image, fresh, options) as sink:
-            stats = engine.transfer(src_img, sink, plan, options, progress,
-                                    on_durable=durable)
+            stats = engine.transfer(src_img, self._throttled(sink), plan, options, progress,
+                                    on_durable=durable, digests=recorder)
+        session.save_checksums(image, plan.dest_to, recorder.record)
         try:
             verification = self._verify(src_img, session, image, plan, options,
                                         source_changes)
@@ -532,9 +552,9 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 changed = self._changed_since_backup(vol_client, dest, record)
 
             def make_sink(fresh):
-                return rbd_target.ImageSink(dest, fresh=fresh, force=True,
-                                            max_in_flight_ops=options.max_in_flight_ops,
-                                            max_in_flight_bytes=options.max_in_flight_bytes)
+                return self._throttled(rbd_target.ImageSink(
+                    dest, fresh=fresh, force=True, max_in_flight_ops=options.max_in_flight_ops,
+                    max_in_flight_bytes=options.max_in_flight_bytes))
             stats = point.restore(make_sink, options, dest.size(), volume_is_new, changed,
                                   dest_image=dest)
             metadata = session.load_volume_metadata(image, backup_id)
@@ -565,7 +585,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         _pool, image, snap = location
         with self.target.session() as session, \
                 session.restore_point(image, snap) as point:
-            point.restore(lambda fresh: FileObjectSink(volume_file, fresh=fresh),
+            point.restore(lambda fresh: self._throttled(FileObjectSink(volume_file, fresh=fresh)),
                           self.engine_options(), volume_size, volume_is_new)
             return session.load_volume_metadata(image, backup_id)
 

@@ -342,7 +342,7 @@ class AioWriter(_BoundedAio):
 
 
 def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
-             extents=None, on_durable=None):
+             extents=None, on_durable=None, digests=None):
     """Copy what changed in ``image`` from ``plan.from_snap`` into ``sink``.
 
     ``image`` must be open at ``plan.to_snap``. ``extents`` (``(offset,
@@ -355,7 +355,9 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
     called once the data is durable on the sink, before the end state is
     marked (work that waits on something else, e.g. a source cluster's
     monitors, can then overlap the sink's own snapshot); an exception from it
-    aborts the sink. Returns :class:`Stats`.
+    aborts the sink. ``digests``: a ``checksums.Recorder`` that hashes what
+    is read (its reads grow to whole checksum blocks; the sink still gets
+    only what changed). Returns :class:`Stats`.
     """
     options = options or TransferOptions()
     started = time.monotonic()
@@ -368,11 +370,18 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
         reader = AioReader(image, options.max_in_flight_ops, options.max_in_flight_bytes)
         sink.begin(plan)
         done = 0
-        for offset, length, _exists, data in reader.read(chunked(extents, options.chunk_size)):
+        chunks = chunked(extents, options.chunk_size)
+        if digests is not None:
+            chunks = digests.widen(chunks)
+        for offset, length, _exists, data in reader.read(chunks):
             if should_cancel and should_cancel():
                 raise Cancelled("transfer cancelled at offset %d" % offset)
-            _feed(sink, offset, length, data, options.zero_granularity, stats, zero_before)
-            done += length
+            pieces = (digests.take(offset, length, data) if digests is not None
+                      else ((offset, length, data),))
+            for piece_offset, piece_length, piece in pieces:
+                _feed(sink, piece_offset, piece_length, piece, options.zero_granularity,
+                      stats, zero_before)
+                done += piece_length
             if progress:
                 progress(done, stats.changed_bytes)
     stats.seconds = time.monotonic() - started

@@ -24,6 +24,25 @@ backup_cluster_opts = [
                help="Keyring of backup_ceph_user (default: the one backup_ceph_conf names)."),
     cfg.StrOpt("backup_ceph_pool", default="backups",
                help="Pool on the backup cluster that holds the chain images."),
+    cfg.StrOpt("backup_ceph_data_pool",
+               help="Pool for the data objects of chain images (rbd create --data-pool), "
+                    "e.g. an erasure-coded pool with allow_ec_overwrites; their headers, "
+                    "metadata and checksums stay in backup_ceph_pool. backup_ceph_user "
+                    "needs 'profile rbd pool=<it>' too. Unset: data in backup_ceph_pool."),
+    cfg.IntOpt("backup_ceph_stripe_unit", default=0, min=0,
+               help="Stripe unit of new chain images in bytes (a power of two dividing "
+                    "the object size); 0: no striping. Set with backup_ceph_stripe_count."),
+    cfg.IntOpt("backup_ceph_stripe_count", default=0, min=0,
+               help="Objects a new chain image stripes over; 0: no striping."),
+    cfg.ListOpt("backup_ceph_image_features",
+                help="Features of new chain images, e.g. layering,exclusive-lock,object-map,"
+                     "fast-diff,deep-flatten. Unset: the backup cluster's "
+                     "rbd_default_features. Without object-map and fast-diff, changed "
+                     "extents and restores are listed object by object (slower)."),
+    cfg.BoolOpt("backup_ceph_image_journals", default=False,
+                help="Add journaling (and exclusive-lock) to new chain images, so rbd-mirror "
+                     "in journal mode can copy the backups to a third site. Every write "
+                     "then goes to the journal too."),
     cfg.StrOpt("file_target_dir", default="/var/lib/cinder/backup-diffs",
                help="Directory for target = file (e.g. an NFS mount for an offsite copy). "
                     "Each chain is a subdirectory of RBD diff files, NNNNNN.<snapshot>.diff, "
@@ -68,6 +87,10 @@ engine_opts = [
         help="Read back and compare each backup after it is written."),
     cfg.IntOpt("verify_sample_objects", default=16, min=1,
                help="Objects compared by verify = sample."),
+    cfg.IntOpt("max_bandwidth_mib", default=0, min=0,
+               help="Cap on the data one cinder-backup process sends to or reads from the "
+                    "backup target, in MiB/s, shared by all its backups and restores; "
+                    "0: no cap. Each backup worker process (backup_workers) has its own."),
     cfg.IntOpt("file_chunk_mib", default=4, min=1,
                help="Chunk size of non-RBD volumes, in MiB: the unit of change detection "
                     "by checksum."),

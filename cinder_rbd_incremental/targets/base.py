@@ -97,6 +97,16 @@ class TargetSession(abc.ABC):
     def load_volume_metadata(self, chain, backup_id):
         """The volume metadata stored with a backup, or None."""
 
+    def save_checksums(self, chain, snap, record):
+        """Store ``checksums.Record`` of restore point ``snap`` for scrub
+        (default: this target keeps none)."""
+        return None
+
+    def damage(self, chain, snap):
+        """What scrub found wrong with restore point ``snap`` (a dict with its
+        ``offset``), or None (default: this target is not scrubbed)."""
+        return None
+
     @abc.abstractmethod
     def save_digests(self, chain, backup_id, digests):
         """Chunk checksums of a non-RBD volume's backup."""

@@ -22,7 +22,7 @@ import rados
 import rbd
 import tenacity
 
-from cinder_rbd_incremental import cluster, engine, naming
+from cinder_rbd_incremental import checksums, cluster, engine, layout, naming
 from cinder_rbd_incremental.targets import base
 
 LOG = logging.getLogger(__name__)
@@ -433,6 +433,11 @@ def digests_object(backup_id):
     return META_PREFIX + "digests." + backup_id
 
 
+def damage_meta_key(snap_name):
+    """Set by ``rbd-incremental scrub`` on a restore point found damaged."""
+    return META_PREFIX + "damaged." + snap_name
+
+
 delete_image = remove_image  # also what interrupted removals and creations left
 
 
@@ -448,9 +453,10 @@ class RBDTarget(base.BackupTarget):
     name = "rbd"
     delete_image = staticmethod(delete_image)
 
-    def __init__(self, spec, pool):
+    def __init__(self, spec, pool, image_layout=None):
         self.spec = spec
         self.pool = pool
+        self.layout = image_layout or layout.Layout()
 
     @classmethod
     def from_conf(cls, options):
@@ -458,12 +464,13 @@ class RBDTarget(base.BackupTarget):
                                    keyring=options.backup_ceph_keyring,
                                    connect_timeout=options.connect_timeout,
                                    op_timeout=options.op_timeout)
-        return cls(spec, options.backup_ceph_pool)
+        return cls(spec, options.backup_ceph_pool, layout.Layout.from_conf(options))
 
     @contextlib.contextmanager
     def session(self, writing=False):
         with cluster.cluster(self.spec) as client, cluster.ioctx(client, self.pool) as ctx:
-            session = RBDSession(client, ctx, cluster.user_name(self.spec), writing)
+            session = RBDSession(client, ctx, cluster.user_name(self.spec), writing,
+                                 self.layout)
             try:
                 yield session
             finally:
@@ -480,6 +487,7 @@ class RBDTarget(base.BackupTarget):
                 raise cluster.ClusterError(
                     "client.%s cannot write to pool %s: give it 'profile rbd pool=%s'"
                     % (self.spec.user, self.pool, self.pool)) from None
+            self.layout.check(session.client, session.who)
 
 
 class RBDSession(base.TargetSession):
@@ -496,10 +504,11 @@ class RBDSession(base.TargetSession):
     (a restore point) it is read through that handle instead of opening HEAD.
     """
 
-    def __init__(self, client, ctx, who=None, writing=False):
+    def __init__(self, client, ctx, who=None, writing=False, image_layout=None):
         self.client = client
         self.ctx = ctx
         self.who = who
+        self.layout = image_layout or layout.Layout()
         self.writing_session = writing
         self.fsid = client.get_fsid()
         self._heads = {}  # chain -> (rbd.Image, read_only)
@@ -549,7 +558,8 @@ class RBDSession(base.TargetSession):
         self._forget(chain)
         with contextlib.suppress(rbd.ImageNotFound):
             delete_image(self.ctx, chain)
-        cluster.create_image_like(self.ctx, chain, size, order=order, who=self.who)
+        cluster.create_image_like(self.ctx, chain, size, order=order, who=self.who,
+                                  layout=self.layout.create_args(self.client))
 
     @contextlib.contextmanager
     def writing(self, chain, fresh, options):
@@ -603,6 +613,15 @@ class RBDSession(base.TargetSession):
         """Kept in a RADOS object of the pool, named after the backup."""
         self.ctx.write_full(digests_object(backup_id), digests)
 
+    def save_checksums(self, chain, snap, record):
+        """Kept in RADOS objects of the pool, named after the image id."""
+        with self._chain(chain) as img:
+            checksums.save(self.ctx, img.id(), snap, record)
+
+    def damage(self, chain, snap):
+        with self._metadata(chain) as img:
+            return get_meta_json(img, damage_meta_key(snap))
+
     def load_digests(self, chain, backup_id):
         name = digests_object(backup_id)
         try:
@@ -621,11 +640,14 @@ class RBDSession(base.TargetSession):
             LOG.info("chain image %s is already gone", chain)
             return
         with img:
+            # the points built on it keep their checksums
+            checksums.fold(self.ctx, img.id(), snap, snapshot_names(img))
             # a removal interrupted earlier left it in the trash namespace: finish it
             if not remove_snapshots(img, lambda name: name == snap):
                 LOG.info("snapshot %s@%s is already gone", chain, snap)
+            checksums.remove(self.ctx, img.id(), snap)
             for key in (backup_meta_key(backup_id), volume_meta_key(backup_id),
-                        snap_meta_key(snap)):
+                        snap_meta_key(snap), damage_meta_key(snap)):
                 with contextlib.suppress(KeyError):
                     img.metadata_remove(key)
             left = snapshot_names(img)
