@@ -43,7 +43,7 @@ from oslo_config import cfg
 from oslo_service import loopingcall
 from stevedore import driver as stevedore_driver
 
-from cinder_rbd_incremental import cluster, diffstream, engine, lineage, naming, opts
+from cinder_rbd_incremental import cluster, diffstream, engine, extents, lineage, naming, opts
 from cinder_rbd_incremental.targets import base as target_base
 from cinder_rbd_incremental.targets import rbd as rbd_target
 
@@ -411,8 +411,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
         def durable():
             if plan.from_snap and self.options.verify != "none":
-                source_changes.extend(engine.changed_extents(src_img, plan.from_snap,
-                                                             whole_object=True))
+                # which objects changed: one byte per object, from the object map
+                source_changes.append(extents.ChangedObjects(src_img, plan.from_snap))
             prune.start()
 
         with session.writing(image, fresh, options) as sink:
@@ -438,7 +438,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         if mode == "none":
             return {"mode": "none"}
         sample = self.options.verify_sample_objects if mode == "sample" else None
-        since = (source_changes, plan.dest_from) if plan.from_snap else None
+        since = (source_changes[0], plan.dest_from) if plan.from_snap else None
         snap = plan.dest_to
         offset = session.verify(src_img, image, snap, options, sample=sample, since=since)
         if offset is not None:
@@ -525,11 +525,17 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 session.restore_point(image, snap) as point, \
                 cluster.cluster(spec) as vol_client, \
                 cluster.ioctx(vol_client, volume_file.rbd_pool) as vol_ctx, \
-                cluster.image(vol_ctx, volume.name) as dest:
+                cluster.image(vol_ctx, volume.name) as dest, \
+                contextlib.ExitStack() as in_place:
             changed = None
             if to_original:
                 record = session.load_lineage(image, backup_id) or {}
-                changed = self._changed_since_backup(vol_client, dest, record)
+                # What changed is found through a read-only handle: librbd
+                # flushes an image before each diff, and through ``dest`` that
+                # would wait for the restore's own writes.
+                view = in_place.enter_context(cluster.image(vol_ctx, volume.name,
+                                                            read_only=True))
+                changed = self._changed_since_backup(vol_client, dest, record, view)
 
             def make_sink(fresh):
                 return rbd_target.ImageSink(dest, fresh=fresh, force=True,
@@ -543,11 +549,12 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         return metadata
 
     @staticmethod
-    def _changed_since_backup(vol_client, dest, record):
+    def _changed_since_backup(vol_client, dest, record, view):
         """Extents to rewrite for an in-place restore, or None if not possible.
 
         Possible when the volume still holds the source snapshot of the backup
-        (same identity): then only what changed since needs rewriting.
+        (same identity): then only what changed since needs rewriting, found
+        through ``view`` (the volume's HEAD, read-only) as the restore goes.
         """
         source = record.get("source") or {}
         snap = source.get("snapshot")
@@ -558,8 +565,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None
         LOG.info("in-place restore: rewriting only what changed since %s", snap)
         # Discarded extents too must be read back from the backup: exists=True.
-        return [(offset, length, True) for offset, length, _exists
-                in engine.changed_extents(dest, snap)]
+        return ((offset, length, True) for offset, length, _exists
+                in engine.changed_extents(view, snap, at_snap=None))
 
     def _restore_stream(self, location, backup_id, volume_file, volume_size, volume_is_new):
         _pool, image, snap = location
