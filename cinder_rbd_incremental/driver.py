@@ -405,18 +405,22 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         source's changes since it) is read before. Should the end snapshot or
         the verification then fail, the next backup is a full one."""
         source_changes = []
+        # which objects changed, from the object map: the transfer's first
+        # step, and what verification compares
+        changes = engine.changed_extents(src_img, plan.from_snap, options.whole_object,
+                                         at_snap=plan.to_snap)
 
         def progress(done, total):
             job.progress.update(done=done, total=total)
 
         def durable():
             if plan.from_snap and self.options.verify != "none":
-                # which objects changed: one byte per object, from the object map
-                source_changes.append(extents.ChangedObjects(src_img, plan.from_snap))
+                source_changes.append(changes.objects
+                                      or extents.ChangedObjects(src_img, plan.from_snap))
             prune.start()
 
         with session.writing(image, fresh, options) as sink:
-            stats = engine.transfer(src_img, sink, plan, options, progress,
+            stats = engine.transfer(src_img, sink, plan, options, progress, extents=changes,
                                     on_durable=durable)
         try:
             verification = self._verify(src_img, session, image, plan, options,

@@ -367,8 +367,9 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
         if extents is None:
             extents = changed_extents(image, plan.from_snap, options.whole_object,
                                       at_snap=plan.to_snap)
-            if extents.object_map_used:  # else it would scan the image once more
-                zero_before = zero_at_snapshot(image, plan.from_snap, plan.to_snap)
+        if _discovered_here(extents, image, plan):  # else it would scan the image again
+            zero_before = zero_at_snapshot(image, plan.from_snap, plan.to_snap,
+                                           extents.objects.span())
         stats = Stats()
         total = _expected_bytes(extents, plan.size)
         reader = AioReader(image, options.max_in_flight_ops, options.max_in_flight_bytes)
@@ -384,6 +385,13 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
                 progress(done, max(done, total))
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _discovered_here(extents, image, plan):
+    """True when ``extents`` are what changed in ``image`` since ``plan.from_snap``,
+    found with the object map."""
+    return (isinstance(extents, discovery.ChangedExtents) and extents.image is image
+            and extents.from_snap == plan.from_snap and extents.object_map_used)
 
 
 def _counted(extents, stats):
@@ -463,9 +471,12 @@ def apply_records(records, sink, plan, granularity=DEFAULT_GRANULARITY, progress
     return stats
 
 
-def zero_at_snapshot(image, from_snap, to_snap):
+def zero_at_snapshot(image, from_snap, to_snap, span=None):
     """A test ``zero_before(offset, length)``: True when that range read as
     zeros at ``from_snap`` because no object behind it existed then.
+    ``span`` (``(offset, length)``): the only range that will be asked
+    (librbd's answer costs time in proportion to the range, even from the
+    object map).
 
     A diff describes how ``to_snap`` differs from ``from_snap``; a zero run
     where ``from_snap`` held no object is no difference, so it is neither
@@ -484,9 +495,13 @@ def zero_at_snapshot(image, from_snap, to_snap):
                 if index < len(present):  # beyond to_snap's size: not our concern
                     present[index] = 1
 
+    offset, length = span or (0, image.size())
     image.set_snap(from_snap)
     try:
-        image.diff_iterate(0, image.size(), None, mark, include_parent=True, whole_object=True)
+        length = min(length, image.size() - offset)  # librbd refuses to start past the end
+        if length > 0:
+            image.diff_iterate(offset, length, None, mark, include_parent=True,
+                               whole_object=True)
     finally:
         image.set_snap(to_snap)
 

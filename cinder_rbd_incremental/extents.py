@@ -33,7 +33,6 @@ import rbd
 
 LOG = logging.getLogger(__name__)
 
-INVALID_FLAGS = rbd.RBD_FLAG_OBJECT_MAP_INVALID | rbd.RBD_FLAG_FAST_DIFF_INVALID
 UNCHANGED, WRITTEN, GONE = 0, 1, 2
 # Objects per precise query: bounds the extents held at once (a 4 MiB object
 # holds at most 512 extents of 4 KiB written every 8 KiB) while each query
@@ -79,6 +78,13 @@ class ChangedObjects:
         """``(offset, length)`` of ``count`` objects from index ``first``."""
         offset = first * self.object_size
         return offset, min(count * self.object_size, self.size - offset)
+
+    def span(self):
+        """``(offset, length)`` from the first changed object to the end of the
+        last one; ``(0, 0)`` when nothing changed."""
+        first = len(self.states) - len(self.states.lstrip(b"\0"))
+        end = len(self.states.rstrip(b"\0"))
+        return self.extent(first, end - first) if end > first else (0, 0)
 
     def runs(self):
         """``(first, count, state)`` for each run of changed objects in one state."""
@@ -180,9 +186,10 @@ def fast_diff_problem(image, from_snap=None, at_snap=UNKNOWN):
     (librbd also checks the snapshots in between; an invalid one among them
     makes it ask every object in step 1 by itself: slower, still exact).
     """
+    invalid = rbd.RBD_FLAG_OBJECT_MAP_INVALID | rbd.RBD_FLAG_FAST_DIFF_INVALID
     if not image.features() & rbd.RBD_FEATURE_FAST_DIFF:
         return "it has no fast-diff feature"
-    if image.flags() & INVALID_FLAGS:
+    if image.flags() & invalid:
         return "its object map is flagged invalid"
     if from_snap is not None and at_snap is not UNKNOWN:
         image.set_snap(from_snap)
@@ -190,7 +197,7 @@ def fast_diff_problem(image, from_snap=None, at_snap=UNKNOWN):
             flags = image.flags()
         finally:
             image.set_snap(at_snap)
-        if flags & INVALID_FLAGS:
+        if flags & invalid:
             return "the object map of its snapshot %s is flagged invalid" % from_snap
     return None
 
