@@ -20,6 +20,8 @@ THIN_RATIO_TARGET = 2.0
 NOCACHE_SPEEDUP_TARGET = 10
 CEILING_TARGET = 0.9
 INPLACE_TARGET = 0.10
+SCALE_RATIO_TARGET = 1.2
+SCALE_STOCK_TARGET = 5
 TOOL_ORDER = ("read primary", "write secondary", "pipe", "ours", "ours driver",
               "stock driver", "ours API", "stock API")
 BULK = ("1 ", "5 ", "7 ", "sparse")
@@ -33,6 +35,9 @@ def scenario_key(name):
     match = re.match(r"(\d+) ", base)
     if match:
         return (2 if wan else 1, int(match.group(1)), name)
+    match = re.match(r"scale (\d+) GiB", name)
+    if match:  # by the volume's size
+        return (4, int(match.group(1)), name)
     return (3, 0, name)
 
 
@@ -158,6 +163,7 @@ def targets_of(summary, notes):
             rss = s["ours"]["maxrss_mib"]
             put("%s: ours peak RSS < %d MiB" % (name, RSS_TARGET_MIB), rss,
                 rss < RSS_TARGET_MIB)
+    scale_targets(summary, put)
     s = summary.get("WAN 3 incr. 4K scattered, no cache")
     if s and "ours" in s and "pipe" in s:
         speedup = s["pipe"]["wall"] / s["ours"]["wall"]
@@ -172,6 +178,35 @@ def targets_of(summary, notes):
             put("diff file: (rbd export-diff / bytes written)",
                 s["pipe"]["file_bytes"] / s["pipe"]["payload"], None)
     return t
+
+
+def scale_targets(summary, put):
+    """The scale rows: the smallest and the largest volume with the same change."""
+    rows = sorted((name for name in summary if name.startswith("scale ")
+                   and "every 8 KiB" not in name), key=scenario_key)
+    if len(rows) >= 2:
+        small, large = rows[0], rows[-1]
+        for tool in ("ours", "ours driver"):
+            a, b = summary[small].get(tool), summary[large].get(tool)
+            if a and b:
+                ratio = b["wall"] / a["wall"]
+                put("%s vs %s: within %.1fx (%s)" % (large, small.split(",")[0],
+                                                     SCALE_RATIO_TARGET, tool),
+                    ratio, ratio <= SCALE_RATIO_TARGET)
+                # received includes the object map's upkeep: 2 bits per object
+                put("%s: (bytes received / bytes written, %s; %s: %.3f)" % (
+                    large, tool, small.split(",")[0], a["received"] / a["payload"]),
+                    b["received"] / b["payload"], None)
+        s = summary[large]
+        if "ours driver" in s and "stock driver" in s:
+            speedup = s["stock driver"]["wall"] / s["ours driver"]["wall"]
+            put("%s: ours driver >= %dx stock driver (stock/ours wall)"
+                % (large, SCALE_STOCK_TARGET), speedup, speedup >= SCALE_STOCK_TARGET)
+    for name in summary:
+        if name.startswith("scale ") and "ours" in summary[name]:
+            rss = summary[name]["ours"]["maxrss_mib"]
+            put("%s: ours peak RSS < %d MiB" % (name, RSS_TARGET_MIB), rss,
+                rss < RSS_TARGET_MIB)
 
 
 def machine_info():

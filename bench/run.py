@@ -92,7 +92,8 @@ TOOL = shutil.which("rbd-incremental", path=os.path.dirname(sys.executable)) or 
     ROOT / ".venv" / "bin" / "rbd-incremental")
 RESULTS = ROOT / "bench" / "results"
 SCENARIOS = ("ceiling", "journey", "wan", "many", "api", "files", "nocache", "sparse", "site",
-             "limit")
+             "limit", "scale", "extents")
+SCALE_TOOLS = ("ours", "ours driver", "stock driver")
 SHARED_CEILING = "read + write at once"  # bench/report.py keeps it out of the ceiling
 JOURNEY_TOOLS = ("pipe", "ours", "ours driver", "stock driver")
 API_TOOLS = ("ours API", "stock API")
@@ -108,11 +109,17 @@ SIZES = {
     "full": {"image": 2 * GiB, "data": 1 * GiB, "small_writes": 4096, "thin_writes": 256,
              "many_image": 1 * GiB, "many_data": 128 * MiB,
              "sparse_image": 8 * GiB, "sparse_data": 1 * GiB, "ceiling_total": 1 * GiB,
+             "scale_images": (2 * GiB, 256 * GiB, 1024 * GiB), "scale_data": 256 * MiB,
+             "scale_span": 2 * GiB, "scale_writes": 1024, "extents_image": 1024 * GiB,
+             "extents_writes": 1 << 20, "extents_span": 8 * GiB,
              "wan": {"image": 1 * GiB, "data": 256 * MiB, "small_writes": 1024,
                      "thin_writes": 64, "many_image": 1 * GiB, "many_data": 32 * MiB}},
     "quick": {"image": 1 * GiB, "data": 256 * MiB, "small_writes": 1024, "thin_writes": 64,
               "many_image": 1 * GiB, "many_data": 32 * MiB,
               "sparse_image": 2 * GiB, "sparse_data": 256 * MiB, "ceiling_total": 256 * MiB,
+              "scale_images": (2 * GiB, 1024 * GiB), "scale_data": 256 * MiB,
+              "scale_span": 2 * GiB, "scale_writes": 1024, "extents_image": 1024 * GiB,
+              "extents_writes": 1 << 16, "extents_span": 512 * MiB,
               "wan": {"image": 1 * GiB, "data": 64 * MiB, "small_writes": 256,
                       "thin_writes": 32, "many_image": 1 * GiB, "many_data": 8 * MiB}},
 }
@@ -285,10 +292,11 @@ class Bench:
             start = rng.randrange(0, len(self.pool) - size) & ~4095
             yield self.pool[start:start + size]
 
-    def fill(self, vol, rng, data):
-        """Random data in ``data // OBJECT`` whole objects at random places."""
+    def fill(self, vol, rng, data, span=None):
+        """Random data in ``data // OBJECT`` whole objects at random places
+        (within the first ``span`` bytes, default the whole volume)."""
         count = data // OBJECT
-        objects = sorted(rng.sample(range(vol.size // OBJECT), count))
+        objects = sorted(rng.sample(range((span or vol.size) // OBJECT), count))
         vol.data_objects = set(objects)
         vol.write(zip((o * OBJECT for o in objects),
                       self.random_objects(rng, count, OBJECT), strict=True))
@@ -502,6 +510,78 @@ class Bench:
                 self.remove_secondary_of([v.id for v in vols])
             for name in (dest, dest + "-thin"):
                 SECONDARY.remove(name)
+
+    # -- scale: the same change on thin volumes of growing size -----------------------
+
+    def scale(self, tool, run, size):
+        """A thin volume of ``size`` holding ``scale_data`` in its first
+        ``scale_span`` bytes, backed up (untimed), then ``scale_writes``
+        random 4 KiB writes in that span: the incremental is timed. Its cost
+        should follow the change, not the volume's size."""
+        cfg, cache = self.cfg, self.caches[SECONDARY.conf]
+        rng = seeded(self.args.seed * 100 + 70 + run)  # the same change at every size
+        driver = tool.endswith("driver")
+        work = self.worker(tool) if driver else None
+        if driver:
+            work("conf", backup_conf=SECONDARY.conf)
+        dest = PREFIX + "scale-" + tool.replace(" ", "-")
+        vol = Volume(self, tool, size, "scale")
+        backups = []
+        try:
+            self.fill(vol, rng, cfg["scale_data"], cfg["scale_span"])
+            if driver:
+                backups += work("backup", volume_ids=[vol.id])["backup_ids"]
+            else:
+                vol.snap("b1")
+                sync = new_copy(tool, SECONDARY, dest)
+                run_measured(sync(vol.spec("b1"), SECONDARY.spec(dest)))
+            written, blocks = spread_blocks(rng, cfg["scale_span"],
+                                            cfg["scale_writes"] * SMALL_WRITE, SMALL_WRITE)
+            vol.write(blocks, depth=64)
+            scenario = "scale %s thin, incr. %d x 4 KiB" % (human(size), cfg["scale_writes"])
+            if driver:
+                result = self.measure(scenario, tool, lambda: work(
+                    "backup", volume_ids=[vol.id], parents=[backups[-1]]), written, cache)
+                backups += result["backup_ids"]
+            else:
+                vol.snap("b2")
+                cmds = ours_sync(vol.spec("b2"), SECONDARY.spec(dest), from_snap="b1")
+                self.measure(scenario, tool, lambda: run_measured(cmds), written, cache)
+        finally:
+            if driver and backups:
+                work("delete", backup_ids=list(reversed(backups)))
+            self.drop_volumes([vol])
+            if driver:
+                self.remove_secondary_of([vol.id])
+            SECONDARY.remove(dest)
+
+    def extents(self):
+        """Peak RSS of an incremental ``sync`` of ``extents_writes`` changed
+        4 KiB extents (4 KiB written every 8 KiB in the first
+        ``extents_span`` bytes of a thin volume; every object held data
+        before, so each write is an extent of its own)."""
+        cfg = self.cfg
+        size, count, span = cfg["extents_image"], cfg["extents_writes"], cfg["extents_span"]
+        rng = seeded(self.args.seed)
+        dest = PREFIX + "extents-ours"
+        vol = Volume(self, "ours", size, "extents")
+        try:
+            vol.write(((o * OBJECT, rng.randbytes(SMALL_WRITE)) for o in range(span // OBJECT)),
+                      depth=64)
+            vol.snap("b1")
+            sync = new_copy("ours", SECONDARY, dest)
+            run_measured(sync(vol.spec("b1"), SECONDARY.spec(dest)))
+            slots = range(1, span // SMALL_WRITE, span // SMALL_WRITE // count)
+            vol.write(((slot * SMALL_WRITE, self.pool[slot % 1024 * SMALL_WRITE:][:SMALL_WRITE])
+                       for slot in slots), depth=64)
+            vol.snap("b2")
+            cmds = ours_sync(vol.spec("b2"), SECONDARY.spec(dest), from_snap="b1")
+            self.measure("scale %s thin, incr. %d x 4 KiB (every 8 KiB)" % (human(size), count),
+                         "ours", lambda: run_measured(cmds), len(slots) * SMALL_WRITE,
+                         self.caches[SECONDARY.conf])
+        finally:
+            self.drop_volumes([vol])
+            SECONDARY.remove(dest)
 
     # -- 7: eight volumes at once ---------------------------------------------------
 
@@ -835,6 +915,13 @@ class Bench:
                 self.site()
             if "limit" in only:
                 self.limited()
+            if "scale" in only:
+                for run in range(self.runs):
+                    for size in cfg["scale_images"]:
+                        for tool in self.order(SCALE_TOOLS, run):
+                            self.scale(tool, run, size)
+            if "extents" in only:
+                self.extents()
             if "api" in only:
                 self.api()
         finally:

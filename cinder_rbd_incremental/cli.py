@@ -323,8 +323,9 @@ def cmd_import_diff(args):
 
 
 def cmd_diff(args):
-    with source_image(cluster_spec(args), args.image, need_snap=False) as (_, img, _snap):
-        extents = engine.changed_extents(img, args.from_snap, args.whole_object)
+    with source_image(cluster_spec(args), args.image, need_snap=False) as (_, img, snap):
+        extents = list(engine.changed_extents(img, args.from_snap, args.whole_object,
+                                              at_snap=snap))
     rows = [(offset, length, "data" if exists else "zero") for offset, length, exists in extents]
     if args.format == "json":
         print(json.dumps([{"offset": o, "length": n, "exists": str(t == "data").lower()}

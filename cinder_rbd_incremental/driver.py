@@ -48,6 +48,7 @@ from cinder_rbd_incremental import (
     cluster,
     diffstream,
     engine,
+    extents,
     lineage,
     naming,
     opts,
@@ -423,20 +424,24 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         source's changes since it) is read before. Should the end snapshot or
         the verification then fail, the next backup is a full one."""
         source_changes = []
+        # which objects changed, from the object map: the transfer's first
+        # step, and what verification compares
+        changes = engine.changed_extents(src_img, plan.from_snap, options.whole_object,
+                                         at_snap=plan.to_snap)
 
         def progress(done, total):
             job.progress.update(done=done, total=total)
 
         def durable():
             if plan.from_snap and self.options.verify != "none":
-                source_changes.extend(engine.changed_extents(src_img, plan.from_snap,
-                                                             whole_object=True))
+                source_changes.append(changes.objects
+                                      or extents.ChangedObjects(src_img, plan.from_snap))
             prune.start()
 
         recorder = checksums.Recorder(plan.size, parent=plan.dest_from)
         with session.writing(image, fresh, options) as sink:
             stats = engine.transfer(src_img, self._throttled(sink), plan, options, progress,
-                                    on_durable=durable, digests=recorder)
+                                    extents=changes, on_durable=durable, digests=recorder)
         session.save_checksums(image, plan.dest_to, recorder.record)
         try:
             verification = self._verify(src_img, session, image, plan, options,
@@ -458,7 +463,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         if mode == "none":
             return {"mode": "none"}
         sample = self.options.verify_sample_objects if mode == "sample" else None
-        since = (source_changes, plan.dest_from) if plan.from_snap else None
+        since = (source_changes[0], plan.dest_from) if plan.from_snap else None
         snap = plan.dest_to
         offset = session.verify(src_img, image, snap, options, sample=sample, since=since)
         if offset is not None:
@@ -545,11 +550,17 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 session.restore_point(image, snap) as point, \
                 cluster.cluster(spec) as vol_client, \
                 cluster.ioctx(vol_client, volume_file.rbd_pool) as vol_ctx, \
-                cluster.image(vol_ctx, volume.name) as dest:
+                cluster.image(vol_ctx, volume.name) as dest, \
+                contextlib.ExitStack() as in_place:
             changed = None
             if to_original:
                 record = session.load_lineage(image, backup_id) or {}
-                changed = self._changed_since_backup(vol_client, dest, record)
+                # What changed is found through a read-only handle: librbd
+                # flushes an image before each diff, and through ``dest`` that
+                # would wait for the restore's own writes.
+                view = in_place.enter_context(cluster.image(vol_ctx, volume.name,
+                                                            read_only=True))
+                changed = self._changed_since_backup(vol_client, dest, record, view)
 
             def make_sink(fresh):
                 return self._throttled(rbd_target.ImageSink(
@@ -563,11 +574,12 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         return metadata
 
     @staticmethod
-    def _changed_since_backup(vol_client, dest, record):
+    def _changed_since_backup(vol_client, dest, record, view):
         """Extents to rewrite for an in-place restore, or None if not possible.
 
         Possible when the volume still holds the source snapshot of the backup
-        (same identity): then only what changed since needs rewriting.
+        (same identity): then only what changed since needs rewriting, found
+        through ``view`` (the volume's HEAD, read-only) as the restore goes.
         """
         source = record.get("source") or {}
         snap = source.get("snapshot")
@@ -578,8 +590,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None
         LOG.info("in-place restore: rewriting only what changed since %s", snap)
         # Discarded extents too must be read back from the backup: exists=True.
-        return [(offset, length, True) for offset, length, _exists
-                in engine.changed_extents(dest, snap)]
+        return ((offset, length, True) for offset, length, _exists
+                in engine.changed_extents(view, snap, at_snap=None))
 
     def _restore_stream(self, location, backup_id, volume_file, volume_size, volume_is_new):
         _pool, image, snap = location

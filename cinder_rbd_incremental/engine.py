@@ -16,10 +16,13 @@ by the size of the volume.
 import collections
 import contextlib
 import dataclasses
+import heapq
 import os
 import random
 import sys
 import time
+
+from cinder_rbd_incremental import extents as discovery
 
 
 def _native_threading():
@@ -150,17 +153,17 @@ class Sink:
         raise NotImplementedError
 
 
-def changed_extents(image, from_snap=None, whole_object=False):
-    """Return ``[(offset, length, exists)]`` changed since ``from_snap``.
+def changed_extents(image, from_snap=None, whole_object=False, at_snap=discovery.UNKNOWN):
+    """``(offset, length, exists)`` changed since ``from_snap``, ascending.
 
     With no ``from_snap``: every allocated extent (including a clone parent's).
     ``exists`` False means the extent was discarded and now reads as zeros.
+    An iterable that finds the changed objects from the object map first and
+    the precise extents in them as it goes (see :mod:`.extents`): the cost
+    follows the change, and memory is bounded whatever the volume's size.
+    ``at_snap``: the snapshot ``image`` is open at (None: HEAD), if known.
     """
-    extents = []
-    image.diff_iterate(0, image.size(), from_snap,
-                       lambda offset, length, exists: extents.append((offset, length, exists)),
-                       include_parent=True, whole_object=whole_object)
-    return extents
+    return discovery.ChangedExtents(image, from_snap, whole_object, at_snap)
 
 
 def chunked(extents, chunk_size):
@@ -364,13 +367,17 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
     with _committed(sink, on_durable):
         zero_before = None
         if extents is None:
-            extents = changed_extents(image, plan.from_snap, options.whole_object)
-            zero_before = zero_at_snapshot(image, plan.from_snap, plan.to_snap)
-        stats = Stats(changed_bytes=sum(e[1] for e in extents), extents=len(extents))
+            extents = changed_extents(image, plan.from_snap, options.whole_object,
+                                      at_snap=plan.to_snap)
+        if _discovered_here(extents, image, plan):  # else it would scan the image again
+            zero_before = zero_at_snapshot(image, plan.from_snap, plan.to_snap,
+                                           extents.objects.span())
+        stats = Stats()
+        total = _expected_bytes(extents, plan.size)
         reader = AioReader(image, options.max_in_flight_ops, options.max_in_flight_bytes)
         sink.begin(plan)
         done = 0
-        chunks = chunked(extents, options.chunk_size)
+        chunks = chunked(_counted(extents, stats), options.chunk_size)
         if digests is not None:
             chunks = digests.widen(chunks)
         for offset, length, _exists, data in reader.read(chunks):
@@ -383,9 +390,32 @@ def transfer(image, sink, plan, options=None, progress=None, should_cancel=None,
                       stats, zero_before)
                 done += piece_length
             if progress:
-                progress(done, stats.changed_bytes)
+                progress(done, max(done, total))
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _discovered_here(extents, image, plan):
+    """True when ``extents`` are what changed in ``image`` since ``plan.from_snap``,
+    found with the object map."""
+    return (isinstance(extents, discovery.ChangedExtents) and extents.image is image
+            and extents.from_snap == plan.from_snap and extents.object_map_used)
+
+
+def _counted(extents, stats):
+    """Pass ``extents`` on, counting them into ``stats`` (they stream: no list to count)."""
+    for extent in extents:
+        stats.extents += 1
+        stats.changed_bytes += extent[1]
+        yield extent
+
+
+def _expected_bytes(extents, size):
+    """What a transfer's progress counts up to: a list's bytes, a discovery's
+    upper bound, else the image's size."""
+    if isinstance(extents, list):
+        return sum(extent[1] for extent in extents)
+    return getattr(extents, "upper_bound", size)
 
 
 @contextlib.contextmanager
@@ -449,9 +479,12 @@ def apply_records(records, sink, plan, granularity=DEFAULT_GRANULARITY, progress
     return stats
 
 
-def zero_at_snapshot(image, from_snap, to_snap):
+def zero_at_snapshot(image, from_snap, to_snap, span=None):
     """A test ``zero_before(offset, length)``: True when that range read as
     zeros at ``from_snap`` because no object behind it existed then.
+    ``span`` (``(offset, length)``): the only range that will be asked
+    (librbd's answer costs time in proportion to the range, even from the
+    object map).
 
     A diff describes how ``to_snap`` differs from ``from_snap``; a zero run
     where ``from_snap`` held no object is no difference, so it is neither
@@ -470,9 +503,13 @@ def zero_at_snapshot(image, from_snap, to_snap):
                 if index < len(present):  # beyond to_snap's size: not our concern
                     present[index] = 1
 
+    offset, length = span or (0, image.size())
     image.set_snap(from_snap)
     try:
-        image.diff_iterate(0, image.size(), None, mark, include_parent=True, whole_object=True)
+        length = min(length, image.size() - offset)  # librbd refuses to start past the end
+        if length > 0:
+            image.diff_iterate(offset, length, None, mark, include_parent=True,
+                               whole_object=True)
     finally:
         image.set_snap(to_snap)
 
@@ -495,21 +532,37 @@ def file_chunks(volume_file, size, chunk_size):
 
 
 def allocated_chunks(images, chunk_size, since=None):
-    """Chunks (offset, length, True) where any of ``images`` holds data, ascending.
+    """Chunks ``(offset, length, True)`` where any of ``images`` holds data,
+    ascending (a generator).
 
-    ``since``: for each image, a snapshot to count only changes since, or the
-    changed extents (``(offset, length, exists)``) when already known, or None.
-    Objects are asked for whole (``whole_object``): chunks are compared whole
-    anyway, and with fast-diff librbd answers from the object map instead of
-    asking every object, which counts when the image is at another site.
+    ``since``: for each image, a snapshot to count only changes since, or its
+    :class:`.extents.ChangedObjects` when already known, or None. Objects
+    are asked for whole: chunks are compared whole anyway, and with fast-diff
+    librbd answers from the object map instead of asking every object, which
+    counts when the image is at another site. One byte per object is kept
+    per image, never a list of chunks.
     """
+    return _union_of_chunks(_changed_objects(images, since), images, chunk_size)
+
+
+def _changed_objects(images, since):
+    return [base if isinstance(base, discovery.ChangedObjects)
+            else discovery.ChangedObjects(img, base)
+            for img, base in zip(images, since or [None] * len(images), strict=True)]
+
+
+def _union_of_chunks(maps, images, chunk_size):
     size = max(img.size() for img in images)
-    starts = set()
-    for img, base in zip(images, since or [None] * len(images), strict=True):
-        extents = base if isinstance(base, list) else changed_extents(img, base, True)
-        for offset, _length, _exists in chunked(extents, chunk_size):
-            starts.add(offset - offset % chunk_size)
-    return [(start, min(chunk_size, size - start), True) for start in sorted(starts)]
+    previous = None
+    for start in heapq.merge(*(changed.chunk_starts(chunk_size) for changed in maps)):
+        if start != previous and start < size:
+            yield start, min(chunk_size, size - start), True
+        previous = start
+
+
+def _sampled(chunks, picked):
+    """The items of ``chunks`` whose index is in ``picked``."""
+    return (chunk for index, chunk in enumerate(chunks) if index in picked)
 
 
 def first_difference(image_a, image_b, options=None, sample=None, since=None):
@@ -521,18 +574,26 @@ def first_difference(image_a, image_b, options=None, sample=None, since=None):
     ``sample``: compare only that many chunks, chosen at random. ``since``:
     ``(snap_a, snap_b)``, two snapshots known to be equal: only chunks that
     changed since them are compared (checking an incremental costs what it
-    changed, not what the volume holds); either may instead be the list of
-    extents changed since (see :func:`allocated_chunks`).
+    changed, not what the volume holds); either may instead be the
+    :class:`.extents.ChangedObjects` since (see :func:`allocated_chunks`).
     """
     options = options or TransferOptions()
     if image_a.size() != image_b.size():
         return min(image_a.size(), image_b.size())
-    chunks = allocated_chunks([image_a, image_b], options.chunk_size, since)
-    if sample is not None and sample < len(chunks):
-        chunks = sorted(random.sample(chunks, sample))
+    images = [image_a, image_b]
+    maps = _changed_objects(images, since)
+
+    def chunks():  # once per side: each reader walks them on its own
+        return _union_of_chunks(maps, images, options.chunk_size)
+    picked = None
+    if sample is not None:
+        count = sum(1 for _ in chunks())
+        if sample < count:
+            picked = set(random.sample(range(count), sample))
+    sides = [chunks() if picked is None else _sampled(chunks(), picked) for _ in images]
     half_bytes = max(options.chunk_size, options.max_in_flight_bytes // 2)
-    read_a = AioReader(image_a, options.max_in_flight_ops, half_bytes).read(chunks)
-    read_b = AioReader(image_b, options.max_in_flight_ops, half_bytes).read(chunks)
+    read_a = AioReader(image_a, options.max_in_flight_ops, half_bytes).read(sides[0])
+    read_b = AioReader(image_b, options.max_in_flight_ops, half_bytes).read(sides[1])
     for (offset, _, _, data_a), (_, _, _, data_b) in zip(read_a, read_b, strict=True):
         if data_a != data_b:
             return offset + next(i for i, (x, y) in enumerate(zip(data_a, data_b, strict=True))

@@ -728,13 +728,12 @@ class ImageRestorePoint(base.RestorePoint):
 
 
 def beyond_size_as_zero(extents, size):
-    """Clip extents at ``size``; what lies beyond reads as zero (exists=False)."""
-    clipped = []
+    """Clip extents at ``size``; what lies beyond reads as zero (exists=False).
+    A generator: the extents stream through."""
     for offset, length, exists in extents:
         end = offset + length
         if offset < size:
-            clipped.append((offset, min(end, size) - offset, exists))
+            yield offset, min(end, size) - offset, exists
         if end > size:
             start = max(offset, size)
-            clipped.append((start, end - start, False))
-    return clipped
+            yield start, end - start, False
