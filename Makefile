@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test deps sandbox sandbox-down unit functional e2e lint docs reliability mypy releasenotes bench bench-quick clean
+.PHONY: demo test deps sandbox sandbox-down unit functional e2e lint docs reliability mypy releasenotes bench bench-quick dist clean
 
 demo: sandbox
 	$(PY) tools/journey.py
@@ -25,12 +25,20 @@ sandbox: deps
 sandbox-down:
 	tools/sandbox down
 
-unit functional e2e lint docs reliability: sandbox
+unit functional e2e lint reliability: sandbox
 	tools/run-tests $@
 
-# No cluster needed.
-mypy releasenotes: deps
+# The docs need only the Python packages (no cluster): building them imports
+# the CLI's argument parser and the option definitions, nothing of Ceph.
+docs mypy releasenotes: deps
 	tools/run-tests $@
+
+# The release: an sdist and a wheel in dist/, both reporting setup.cfg's
+# version (see setup.py). Install the wheel with --no-deps (doc/source/install.rst).
+dist: deps
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	@ls dist
 
 # The API rows use the Cinder stack shared with the e2e tests: bench/run.py
 # takes /tmp/cinder-stack.lock around them and leaves the stack down.
@@ -41,4 +49,4 @@ bench-quick: sandbox
 	$(PY) bench/run.py --quick
 
 clean: sandbox-down
-	rm -rf $(VENV) .stestr doc/build releasenotes/build .tox
+	rm -rf $(VENV) .stestr doc/build releasenotes/build .tox dist

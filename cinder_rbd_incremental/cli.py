@@ -18,7 +18,15 @@ import logging
 import signal
 import sys
 
-from cinder_rbd_incremental import checksums, cluster, diffstream, engine, naming, ratelimit
+from cinder_rbd_incremental import (
+    catalog,
+    checksums,
+    cluster,
+    diffstream,
+    engine,
+    naming,
+    ratelimit,
+)
 from cinder_rbd_incremental import scrub as scrubbing
 from cinder_rbd_incremental.targets import file as file_target
 from cinder_rbd_incremental.targets import rbd as rbd_target
@@ -131,8 +139,9 @@ def build_parser():
                      help="diff format: 1 (rbd import-diff) or 2 (adds lineage)")
     _add_engine_args(cmd)
     _add_limit_rate(cmd)
-    cmd.add_argument("image", metavar="POOL/IMAGE@SNAP")
-    cmd.add_argument("path", metavar="FILE|-")
+    cmd.add_argument("image", metavar="POOL/IMAGE@SNAP", help="the image at its end snapshot")
+    cmd.add_argument("path", metavar="FILE|-",
+                     help="the diff file to write (appears only when complete); - for stdout")
     cmd.set_defaults(func=cmd_export_diff)
 
     cmd = add("import-diff", "apply a diff file to an image, safely")
@@ -142,26 +151,34 @@ def build_parser():
     cmd.add_argument("--zero-granularity", type=positive_int, default=engine.DEFAULT_GRANULARITY,
                      metavar="BYTES", help="zero-run detection block size (default 4096)")
     _add_limit_rate(cmd)
-    cmd.add_argument("path", metavar="FILE|-")
-    cmd.add_argument("image", metavar="POOL/IMAGE")
+    cmd.add_argument("path", metavar="FILE|-", help="the diff file to apply; - for stdin")
+    cmd.add_argument("image", metavar="POOL/IMAGE",
+                     help="the image to apply it to: it must hold the diff's start snapshot "
+                          "(an empty image for a full diff); it gets the end snapshot")
     cmd.set_defaults(func=cmd_import_diff)
 
     cmd = add("diff", "list changed extents (like rbd diff)")
-    cmd.add_argument("--from-snap", metavar="SNAP")
-    cmd.add_argument("--whole-object", action="store_true")
-    cmd.add_argument("--format", choices=("plain", "json", "xml"), default="plain")
-    cmd.add_argument("image", metavar="POOL/IMAGE[@SNAP]")
+    cmd.add_argument("--from-snap", metavar="SNAP",
+                     help="list what changed since this snapshot (default: every "
+                          "allocated extent)")
+    cmd.add_argument("--whole-object", action="store_true",
+                     help="whole objects instead of extents (fast with fast-diff, coarser)")
+    cmd.add_argument("--format", choices=("plain", "json", "xml"), default="plain",
+                     help="output format, as rbd diff's (default plain)")
+    cmd.add_argument("image", metavar="POOL/IMAGE[@SNAP]",
+                     help="the image, at a snapshot or at its HEAD")
     cmd.set_defaults(func=cmd_diff)
 
     cmd = add("inspect", "describe a diff file (ours or rbd's)")
-    cmd.add_argument("--format", choices=("plain", "json"), default="plain")
-    cmd.add_argument("path", metavar="FILE|-")
+    cmd.add_argument("--format", choices=("plain", "json"), default="plain",
+                     help="output format (default plain)")
+    cmd.add_argument("path", metavar="FILE|-", help="the diff file to read; - for stdin")
     cmd.set_defaults(func=cmd_inspect)
 
     cmd = add("merge-diff", "merge two consecutive diffs into one")
-    cmd.add_argument("first", metavar="FIRST")
-    cmd.add_argument("second", metavar="SECOND")
-    cmd.add_argument("path", metavar="OUT|-")
+    cmd.add_argument("first", metavar="FIRST", help="the earlier diff (A to B); - for stdin")
+    cmd.add_argument("second", metavar="SECOND", help="the later diff (B to C); - for stdin")
+    cmd.add_argument("path", metavar="OUT|-", help="the merged diff (A to C); - for stdout")
     cmd.set_defaults(func=cmd_merge_diff)
 
     cmd = add("sync", "copy an image's changes to another cluster, no file")
@@ -175,8 +192,11 @@ def build_parser():
     _add_cluster_args(cmd, "dest-", "destination ")
     _add_engine_args(cmd)
     _add_limit_rate(cmd)
-    cmd.add_argument("source", metavar="POOL/IMAGE@SNAP")
-    cmd.add_argument("dest", metavar="POOL/IMAGE")
+    cmd.add_argument("source", metavar="POOL/IMAGE@SNAP",
+                     help="the source image at its end snapshot (on --src-conf)")
+    cmd.add_argument("dest", metavar="POOL/IMAGE",
+                     help="the destination (on --dest-conf): created like the source if "
+                          "missing; it gets the end snapshot")
     cmd.set_defaults(func=cmd_sync)
 
     cmd = add("scrub", "check restore points against their checksums, without the source")
@@ -191,9 +211,25 @@ def build_parser():
     cmd = add("verify", "compare two images at snapshots, byte for byte")
     _add_cluster_args(cmd, "src-", "first image's ")
     _add_cluster_args(cmd, "dest-", "second image's ")
-    cmd.add_argument("first", metavar="POOL/IMAGE@SNAP")
-    cmd.add_argument("second", metavar="POOL/IMAGE@SNAP")
+    cmd.add_argument("first", metavar="POOL/IMAGE@SNAP", help="the first image (on --src-conf)")
+    cmd.add_argument("second", metavar="POOL/IMAGE@SNAP",
+                     help="the second image (on --dest-conf)")
     cmd.set_defaults(func=cmd_verify)
+
+    cmd = add("catalog", "list the backups in a pool without Cinder, and their import records")
+    cmd.add_argument("--format", choices=("plain", "json"), default="plain",
+                     help="output format (default plain); json adds each backup's lineage "
+                          "and volume metadata")
+    cmd.add_argument("--records", action="store_true",
+                     help="print instead one line per complete backup, parents first: "
+                          "BACKUP_SERVICE BACKUP_URL, the two arguments of `openstack "
+                          "volume backup record import`")
+    cmd.add_argument("--backup-service", default=catalog.DRIVER_CLASS, metavar="CLASS",
+                     help="the backup_service of the records: Cinder's backup_driver "
+                          "setting (default %(default)s)")
+    cmd.add_argument("pool", metavar="POOL",
+                     help="the pool of chain images on the backup cluster (backup_ceph_pool)")
+    cmd.set_defaults(func=cmd_catalog)
     return parser
 
 
@@ -354,6 +390,20 @@ def cmd_inspect(args):
         print("%-14s %s" % (key + ":", summary[key]))
     lineage = summary["lineage"]
     print("%-14s %s" % ("lineage:", json.dumps(lineage, sort_keys=True) if lineage else "none"))
+
+
+def cmd_catalog(args):
+    pool = naming.check_name(args.pool, "pool")
+    with cluster.cluster(cluster_spec(args)) as client, cluster.ioctx(client, pool) as ctx:
+        chains = catalog.scan(ctx)
+    if args.records:
+        for service, url in catalog.records(chains, args.backup_service):
+            print(service, url)
+    elif args.format == "json":
+        print(json.dumps(chains, indent=2, sort_keys=True))
+    else:
+        for chain in chains:
+            print("\n".join(catalog.describe(chain)))
 
 
 def cmd_merge_diff(args):

@@ -82,11 +82,15 @@ engine_opts = [
                     "full cluster makes a backup fail instead of hanging)."),
     cfg.StrOpt("verify", default="sample", choices=[
         ("none", "no verification"),
-        ("sample", "compare a random sample of objects with the source snapshot"),
-        ("full", "compare every allocated object with the source snapshot")],
-        help="Read back and compare each backup after it is written."),
+        ("sample", "compare verify_sample_objects of the chunks 'full' compares, picked at "
+                   "random"),
+        ("full", "compare every 4 MiB chunk the backup covers: a full backup's chunks "
+                 "allocated in the source or the copy, an incremental's chunks changed "
+                 "since its parent (checking costs what the backup changed)")],
+        help="Read back each RBD backup after it is written and compare it with the "
+             "source snapshot; a difference fails the backup."),
     cfg.IntOpt("verify_sample_objects", default=16, min=1,
-               help="Objects compared by verify = sample."),
+               help="Chunks (4 MiB) compared by verify = sample."),
     cfg.IntOpt("max_bandwidth_mib", default=0, min=0,
                help="Cap on the data one cinder-backup process sends to or reads from the "
                     "backup target, in MiB/s, shared by all its backups and restores; "
@@ -96,7 +100,20 @@ engine_opts = [
                     "by checksum."),
 ]
 
-ALL_OPTS = backup_cluster_opts + source_cluster_opts + engine_opts
+# Read by manager.BackupManager (enabled with [DEFAULT] backup_manager).
+health_opts = [
+    cfg.IntOpt("health_check_interval", default=60, min=0,
+               help="Seconds between checks that the backup target still answers, by "
+                    "cinder_rbd_incremental.manager.BackupManager (Cinder's [DEFAULT] "
+                    "backup_manager): while it does not, the service reports itself down. "
+                    "Cinder runs periodic tasks every periodic_interval (60 s) at most. "
+                    "0 disables the check."),
+    cfg.IntOpt("health_check_timeout", default=10, min=1,
+               help="Seconds each step of that check (connect, one read) may take before "
+                    "the target counts as not answering."),
+]
+
+ALL_OPTS = backup_cluster_opts + source_cluster_opts + engine_opts + health_opts
 
 
 def register_opts(conf):

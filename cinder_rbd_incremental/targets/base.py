@@ -45,6 +45,14 @@ class BackupTarget(abc.ABC):
         """Prove the target is reachable and writable; ``cluster.ClusterError``
         with an operator-readable message otherwise."""
 
+    def check_reachable(self, timeout):
+        """A cheap check that the target still answers, for the periodic
+        health check (``manager.py``): ``cluster.ClusterError`` if not.
+        ``timeout`` (seconds) bounds each step where the target allows it.
+        By default the start-up check; a target overrides it with something
+        lighter and read-only (a full target must still take deletes)."""
+        self.check_setup()
+
     @abc.abstractmethod
     def session(self, writing=False):
         """Context manager: a :class:`TargetSession`. ``writing``: the

@@ -15,6 +15,7 @@ metadata (``rbd image-meta``), so the checks work across processes:
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 
@@ -28,6 +29,7 @@ from cinder_rbd_incremental.targets import base
 LOG = logging.getLogger(__name__)
 META_PREFIX = "rbd_incremental."
 PENDING_KEY = META_PREFIX + "pending"
+RBD_DIRECTORY = "rbd_directory"  # librbd's index of a pool's images
 
 
 def snap_meta_key(snap_name):
@@ -488,6 +490,21 @@ class RBDTarget(base.BackupTarget):
                     "client.%s cannot write to pool %s: give it 'profile rbd pool=%s'"
                     % (self.spec.user, self.pool, self.pool)) from None
             self.layout.check(session.client, session.who)
+
+
+    def check_reachable(self, timeout):
+        """Connect and read one object of the pool (a monitor and an OSD
+        answer), each step bounded by ``timeout``. Read-only: a full cluster
+        still answers, and must, since deleting backups is how it is freed."""
+        spec = dataclasses.replace(self.spec, connect_timeout=timeout, op_timeout=timeout)
+        with cluster.cluster(spec) as client, cluster.ioctx(client, self.pool) as ctx:
+            try:
+                ctx.stat(RBD_DIRECTORY)
+            except rados.ObjectNotFound:
+                pass  # an OSD answered; the pool has no image yet
+            except rados.Error as exc:
+                raise cluster.ClusterError("pool %s on %s does not answer: %s"
+                                           % (self.pool, spec.describe(), exc)) from None
 
 
 class RBDSession(base.TargetSession):

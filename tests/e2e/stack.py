@@ -481,6 +481,32 @@ def restart_service(name):
     return proc.stdout
 
 
+def wipe_database():
+    """``tools/cinder-stack wipe-db``: Cinder loses its database (every volume
+    and backup record), the clusters keep every image; returns once the
+    services are up again on an empty database."""
+    proc = subprocess.run([os.path.join(REPO, "tools", "cinder-stack"), "wipe-db"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+    if proc.returncode != 0:
+        raise OperationFailed("tools/cinder-stack wipe-db failed:\n%s" % proc.stdout)
+
+
+def remove_volume_image(vol_id):
+    """Remove ``volume-<id>`` and its snapshots from the primary cluster: the
+    image of a volume that Cinder no longer knows (after ``wipe_database``)."""
+    name = "volume-%s" % vol_id
+    with primary() as ioctx:
+        try:
+            img = rbd.Image(ioctx, name)
+        except rbd.ImageNotFound:
+            return
+        with img:
+            for snap in list(img.list_snaps()):
+                img.remove_snap(snap["name"])
+        rbd.RBD().remove(ioctx, name)
+
+
 def ensure_service_running(name="cinder-backup"):
     """For a cleanup: start the service again if a failed test left it dead."""
     try:
