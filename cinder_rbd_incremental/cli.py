@@ -274,9 +274,9 @@ def cmd_import_diff(args):
         header = reader.header
         if header.size is None:
             raise CommandError("%s: the diff has no image size record" % args.path)
-        for name in (header.from_snap, header.to_snap):
-            if name is not None:  # the end snapshot is created under this name
-                naming.check_name(name, "%s: snapshot name in the diff" % args.path)
+        for snap in (header.from_snap, header.to_snap):
+            if snap is not None:  # the end snapshot is created under this name
+                naming.check_name(snap, "%s: snapshot name in the diff" % args.path)
         lineage = header.lineage or {}
         plan = engine.Plan(to_snap=header.to_snap, size=header.size, from_snap=header.from_snap,
                            identity_from=lineage.get("from"), identity_to=lineage.get("to"))
