@@ -29,6 +29,7 @@ database access stays in the calling green thread.
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 
 import rados
@@ -498,6 +499,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         else:
             metadata = self._native(self._restore_stream, location, backup.id, volume_file,
                                     volume.size << 30, volume_is_new, backup.volume_id)
+        metadata = _checked_volume_metadata(metadata, backup)
         if metadata:
             self.put_metadata(volume_id, metadata)
 
@@ -758,6 +760,35 @@ def _check_fits(point, dest_size, backup_id):
         raise exception.InvalidBackup(
             reason="backup %s holds %d bytes, more than the %d of the destination volume"
                    % (backup_id, point.size, dest_size))
+
+
+def _checked_volume_metadata(text, backup):
+    """The volume metadata stored with a backup, as far as it is safe to apply.
+
+    It comes back from the backup target, where anyone who can write could
+    have planted it; Cinder applies its ``encryption_key_id``, and the
+    manager then deletes the destination's own key when the two differ. A
+    backup Cinder knows as unencrypted (no ``encryption_key_id`` of its own)
+    never sets one; metadata that is not a JSON object is not applied.
+    """
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        LOG.warning("backup %s: its stored volume metadata is not a JSON object: not "
+                    "applied", backup.id)
+        return None
+    base = data.get(backup_driver.BackupMetadataAPI.TYPE_TAG_VOL_BASE_META)
+    if isinstance(base, dict) and base.get("encryption_key_id") and \
+            backup.encryption_key_id is None:
+        LOG.warning("backup %s is not encrypted but its stored volume metadata names an "
+                    "encryption key: ignoring it", backup.id)
+        base["encryption_key_id"] = None
+        return json.dumps(data)
+    return text
 
 
 def _parent_record(record, job):

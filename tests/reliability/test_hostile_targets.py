@@ -147,6 +147,23 @@ class HostileRecordsTestCase(base.ReliabilityTestCase):
         base.count("hostile_records_refused")
         self.set_lineage(parent, record)
 
+    def test_planted_volume_metadata_sets_no_encryption_key(self):
+        volume, backup = self.backed_up_volume()
+        _pool, image, _snap = self.env.location(backup)
+        planted = json.dumps({"version": 2, "volume-base-metadata": {
+            "encryption_key_id": "5c6f6d65-6f6e-6573-2d6b-657900000000",
+            "display_name": "planted"}})
+        for text in (planted, "{not json"):
+            with self.env.chain_image(image) as img:
+                img.metadata_set(rbd_target.volume_meta_key(backup.id), text)
+            target = self.new_volume()
+            base.count("hostile_records_tried")
+            self.env.run_restore(self.drv, backup, target, True)
+            self.assertIsNone(self.env.volume(target.id).encryption_key_id)
+            base.count("hostile_records_refused")
+        self.assertEqual(sandbox.digest_of(sandbox.PRIMARY, volume.name),
+                         sandbox.digest_of(sandbox.PRIMARY, target.name))
+
     def test_restore_point_larger_than_the_destination(self):
         _volume, backup = self.backed_up_volume(size_gb=2)
         small = self.new_volume(1)
