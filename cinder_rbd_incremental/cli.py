@@ -15,7 +15,9 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
+import stat
 import sys
 
 from cinder_rbd_incremental import (
@@ -291,8 +293,17 @@ def open_input(path):
 
 
 def output_sink(path, version):
+    """Standard output, a FIFO or device written in place (replacing it with
+    a regular file would break a pipeline), else a file that appears only
+    complete."""
     if path == "-":
         return file_target.DiffStreamSink(sys.stdout.buffer, version=version)
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        return file_target.SpecialFileSink(path, version=version)
     return file_target.DiffFileSink(path, version=version)
 
 
@@ -344,6 +355,9 @@ def cmd_import_diff(args):
         header = reader.header
         if header.size is None:
             raise CommandError("%s: the diff has no image size record" % args.path)
+        for snap in (header.from_snap, header.to_snap):
+            if snap is not None:  # the end snapshot is created under this name
+                naming.check_name(snap, "%s: snapshot name in the diff" % args.path)
         lineage = header.lineage or {}
         plan = engine.Plan(to_snap=header.to_snap, size=header.size, from_snap=header.from_snap,
                            identity_from=lineage.get("from"), identity_to=lineage.get("to"))

@@ -29,6 +29,9 @@ BANNER_V1 = b"rbd diff v1\n"
 BANNER_V2 = b"rbd diff v2\n"
 MAX_NAME_BYTES = 4096  # rbd's utils::read_string() limit
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024 * 1024
+# Ours holds two snapshot identities (~200 bytes); JSON of a few MiB already
+# costs hundreds of MiB parsed, so a crafted diff must not get near that.
+MAX_LINEAGE_BYTES = 64 * 1024
 _CHUNK = 1024 * 1024
 _U64_MAX = 2**64 - 1
 
@@ -100,9 +103,10 @@ class DiffReader:
     malformed: bad banner, truncation before ``e``, unknown v1 tag, v2
     length mismatch, duplicate/late metadata, missing ``s`` before data,
     zero-length, overlapping, descending or out-of-size extents, names over
-    4096 bytes or not UTF-8, a size over ``image_size_limit`` or a record
-    over ``max_record_bytes``.  After the first error the same error is
-    raised again on every further use.  ``stats`` holds running counters.
+    4096 bytes or not UTF-8, a size over ``image_size_limit``, a record
+    over ``max_record_bytes`` or a lineage record over ``MAX_LINEAGE_BYTES``.
+    After the first error the same error is raised again on every further
+    use.  ``stats`` holds running counters.
     """
 
     def __init__(self, stream, *, image_size_limit=None,
@@ -241,9 +245,9 @@ class DiffReader:
                        pos)
 
     def _read_lineage(self, pos, reclen):
-        if reclen > self._max_record:
+        if reclen > MAX_LINEAGE_BYTES:
             self._fail(f"lineage record length {reclen} exceeds "
-                       f"max_record_bytes {self._max_record}", pos)
+                       f"{MAX_LINEAGE_BYTES} bytes", pos)
         raw = self._read(reclen, "lineage record")
         try:
             lineage = json.loads(raw.decode("utf-8"))
@@ -495,6 +499,8 @@ def merge(first: DiffReader, second: DiffReader, writer: DiffWriter):
         raise DiffFormatError("cannot merge: first diff ends at %r but second starts at %r"
                               % (one.to_snap, two.from_snap))
     size = two.size if two.size is not None else one.size
+    if size is None:
+        raise DiffFormatError("cannot merge: neither diff has an image size record 's'")
     writer.write_header(one.from_snap, two.to_snap, size)
     a_records, b_records = _with_growth_zeroed(first, one.size, size), iter(second)
     a, b = next(a_records, None), next(b_records, None)

@@ -29,6 +29,7 @@ database access stays in the calling green thread.
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 
 import rados
@@ -47,6 +48,7 @@ from cinder_rbd_incremental import (
     checksums,
     cluster,
     diffstream,
+    disclosure,
     engine,
     extents,
     lineage,
@@ -193,6 +195,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     # -- backup ------------------------------------------------------------------
 
+    @disclosure.tenant_facing("backup")
     def backup(self, backup, volume_file, backup_metadata=False):
         volume = objects.Volume.get_by_id(self.context, backup.volume_id)
         job = self._backup_job(backup, volume, volume_file)
@@ -305,7 +308,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         if damage:
             return None, ("scrub found the parent's restore point %s@%s damaged at offset %s "
                           "(%s)" % (image, snap, damage.get("offset"), damage.get("scrubbed")))
-        return record, None
+        return _parent_record(record, job)
 
     @staticmethod
     def _usable_parent(src_client, src_img, parent_lineage):
@@ -411,6 +414,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             record = session.load_lineage(image, job.parent_id)
         except cluster.ClusterError:
             return None, "the parent's chain image %s is gone" % image, None
+        if record is not None:
+            record, reason = _parent_record(record, job)
+            if reason:
+                return None, reason, None
         digests = session.load_digests(image, job.parent_id)
         if (record is None or not record["method"].startswith("stream-") or digests is None
                 or record["source"].get("chunk") != self.options.file_chunk_mib << 20):
@@ -467,7 +474,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         snap = plan.dest_to
         offset = session.verify(src_img, image, snap, options, sample=sample, since=since)
         if offset is not None:
-            raise exception.BackupDriverException(
+            raise disclosure.VerificationFailed(
                 reason="verification failed: %s@%s differs from the source at offset %d"
                        % (image, snap, offset))
         return {"mode": mode, "result": "identical"}
@@ -505,6 +512,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     # -- restore ---------------------------------------------------------------
 
+    @disclosure.tenant_facing("restore")
     def restore(self, backup, volume_id, volume_file, volume_is_new):
         location = self._location(backup)
         volume = objects.Volume.get_by_id(self.context, volume_id)
@@ -512,10 +520,12 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             if volume_id == backup.volume_id else None
         if hasattr(volume_file, "rbd_image"):
             metadata = self._native(self._restore_rbd, location, backup.id, volume,
-                                    volume_file, volume_is_new, original is not None)
+                                    volume_file, volume_is_new, original is not None,
+                                    backup.volume_id)
         else:
             metadata = self._native(self._restore_stream, location, backup.id, volume_file,
-                                    volume.size << 30, volume_is_new)
+                                    volume.size << 30, volume_is_new, backup.volume_id)
+        metadata = _checked_volume_metadata(metadata, backup)
         if metadata:
             self.put_metadata(volume_id, metadata)
 
@@ -525,11 +535,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         except lineage.InvalidLineage as exc:
             raise exception.InvalidBackup(reason=str(exc)) from None
         self._check_configured(backup.id, lineage.compact_target(backup.service_metadata), pool)
-        parsed = naming.parse_chain_image(image)
-        if parsed is None or parsed[0] != backup.volume_id:
-            raise exception.InvalidBackup(
-                reason="backup %s names chain image %s, which is not a chain of its volume %s"
-                       % (backup.id, image, backup.volume_id))
+        try:
+            lineage.check_restore_point(image, snap, backup.id, backup.volume_id)
+        except lineage.InvalidLineage as exc:
+            raise exception.InvalidBackup(reason="backup %s: %s" % (backup.id, exc)) from None
         return pool, image, snap
 
     def _check_configured(self, backup_id, target_name, pool):
@@ -540,7 +549,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                        % (backup_id, target_name, pool, self.target.name, self.target.pool))
 
     def _restore_rbd(self, location, backup_id, volume, volume_file, volume_is_new,
-                     to_original):
+                     to_original, backup_volume_id):
         """Restore; returns the backup's volume metadata (read in the same
         session: every image open is round trips to the backup site)."""
         _pool, image, snap = location
@@ -552,9 +561,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 cluster.ioctx(vol_client, volume_file.rbd_pool) as vol_ctx, \
                 cluster.image(vol_ctx, volume.name) as dest, \
                 contextlib.ExitStack() as in_place:
+            record = _stored_lineage(session, location, backup_id, backup_volume_id)
+            _check_fits(point, volume.size << 30, backup_id)
             changed = None
             if to_original:
-                record = session.load_lineage(image, backup_id) or {}
                 # What changed is found through a read-only handle: librbd
                 # flushes an image before each diff, and through ``dest`` that
                 # would wait for the restore's own writes.
@@ -593,16 +603,20 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         return ((offset, length, True) for offset, length, _exists
                 in engine.changed_extents(view, snap, at_snap=None))
 
-    def _restore_stream(self, location, backup_id, volume_file, volume_size, volume_is_new):
+    def _restore_stream(self, location, backup_id, volume_file, volume_size, volume_is_new,
+                        backup_volume_id):
         _pool, image, snap = location
         with self.target.session() as session, \
                 session.restore_point(image, snap) as point:
+            _stored_lineage(session, location, backup_id, backup_volume_id)
+            _check_fits(point, volume_size, backup_id)
             point.restore(lambda fresh: self._throttled(FileObjectSink(volume_file, fresh=fresh)),
                           self.engine_options(), volume_size, volume_is_new)
             return session.load_volume_metadata(image, backup_id)
 
     # -- delete --------------------------------------------------------------------
 
+    @disclosure.tenant_facing("delete")
     def delete_backup(self, backup):
         try:
             location = lineage.parse_compact(backup.service_metadata)
@@ -615,23 +629,28 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             self._native(self._delete_attempt, chains, backup.id)
             self._delete_attempt_source_snapshot(backup)
             return
-        if (naming.parse_chain_image(location[1]) or (None,))[0] != backup.volume_id:
-            LOG.error("backup %s names chain image %s of another volume: not touching it",
-                      backup.id, location[1])
-            return
         try:
-            record = self._native(self._delete_chain_snapshot, location, backup.id)
+            lineage.check_restore_point(location[1], location[2], backup.id, backup.volume_id)
+        except lineage.InvalidLineage as exc:
+            LOG.error("backup %s: %s: not touching it (a tampered or misimported record?)",
+                      backup.id, exc)
+            raise exception.InvalidBackup(reason=str(exc)) from None
+        try:
+            record = self._native(self._delete_chain_snapshot, location, backup.id,
+                                  backup.volume_id)
         except target_base.ChainInUse as exc:
             raise exception.InvalidBackup(reason=str(exc)) from None
         if record:
             self._native(self._delete_source_snapshot, record)
 
-    def _delete_chain_snapshot(self, location, backup_id):
+    def _delete_chain_snapshot(self, location, backup_id, volume_id):
+        """Remove the restore point; returns its lineage if it is this
+        backup's (it names the volume's snapshot to remove), else None."""
         _pool, image, snap = location
         with self.target.session() as session:
             record = None
-            with contextlib.suppress(cluster.ClusterError):
-                record = session.load_lineage(image, backup_id)
+            with contextlib.suppress(cluster.ClusterError, exception.InvalidBackup):
+                record = _stored_lineage(session, location, backup_id, volume_id)
             session.delete_backup(image, snap, backup_id)
         return record
 
@@ -674,11 +693,13 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     # -- export / import -----------------------------------------------------------
 
+    @disclosure.tenant_facing("export")
     def export_record(self, backup):
         location = self._location(backup)
-        record = self._native(self._read_lineage, location, backup.id)
+        record = self._native(self._read_lineage, location, backup.id, backup.volume_id)
         return {"lineage": record}
 
+    @disclosure.tenant_facing("import")
     def import_record(self, backup, driver_info):
         try:
             record = lineage.parse(driver_info.get("lineage"))
@@ -695,10 +716,14 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                        % (record["backup_id"], backup.id))
         target = record["target"]
         self._check_configured(backup.id, target.get("name", "rbd"), target["pool"])
-        if naming.parse_chain_image(target["image"])[0] != record["volume_id"]:
-            raise exception.InvalidBackup(reason="backup record names another volume's chain")
+        try:
+            lineage.check_restore_point(target["image"], target["snapshot"], backup.id,
+                                        record["volume_id"])
+        except lineage.InvalidLineage as exc:
+            raise exception.InvalidBackup(reason="backup record: %s" % exc) from None
         stored = self._native(self._read_lineage, (target["pool"], target["image"],
-                                                 target["snapshot"]), record["backup_id"])
+                                                 target["snapshot"]), backup.id,
+                              record["volume_id"])
         if stored != record:
             raise exception.InvalidBackup(
                 reason="backup record does not match the lineage stored with %s@%s"
@@ -707,20 +732,16 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         backup.container = target["pool"]
         backup.save()
 
-    def _read_lineage(self, location, backup_id):
+    def _read_lineage(self, location, backup_id, volume_id):
         _pool, image, snap = location
         try:
             with self.target.session() as session:
                 if snap not in session.snapshots(image):
                     raise exception.InvalidBackup(reason="snapshot %s@%s does not exist"
                                                   % (image, snap))
-                record = session.load_lineage(image, backup_id)
+                return _stored_lineage(session, location, backup_id, volume_id)
         except cluster.ClusterError as exc:
             raise exception.InvalidBackup(reason=str(exc)) from None
-        if record is None:
-            raise exception.InvalidBackup(reason="no lineage for backup %s in %s"
-                                          % (backup_id, image))
-        return record
 
 
 class FileObjectSink(engine.Sink):
@@ -753,6 +774,66 @@ class FileObjectSink(engine.Sink):
 
     def abort(self):
         pass
+
+
+def _stored_lineage(session, location, backup_id, volume_id):
+    """The lineage stored with restore point ``location``, checked to be
+    backup ``backup_id``'s of volume ``volume_id`` (InvalidBackup if not)."""
+    try:
+        return lineage.check_belongs(session.load_lineage(location[1], backup_id), backup_id,
+                                     volume_id, location)
+    except lineage.InvalidLineage as exc:
+        raise exception.InvalidBackup(reason="backup %s: %s" % (backup_id, exc)) from None
+
+
+def _check_fits(point, dest_size, backup_id):
+    """Refuse a restore point larger than the destination: restoring it would
+    grow the volume past the size Cinder knows."""
+    if point.size > dest_size:
+        raise exception.InvalidBackup(
+            reason="backup %s holds %d bytes, more than the %d of the destination volume"
+                   % (backup_id, point.size, dest_size))
+
+
+def _checked_volume_metadata(text, backup):
+    """The volume metadata stored with a backup, as far as it is safe to apply.
+
+    It comes back from the backup target, where anyone who can write could
+    have planted it; Cinder applies its ``encryption_key_id``, and the
+    manager then deletes the destination's own key when the two differ. A
+    backup Cinder knows as unencrypted (no ``encryption_key_id`` of its own)
+    never sets one; metadata that is not a JSON object is not applied.
+    """
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        LOG.warning("backup %s: its stored volume metadata is not a JSON object: not "
+                    "applied", backup.id)
+        return None
+    base = data.get(backup_driver.BackupMetadataAPI.TYPE_TAG_VOL_BASE_META)
+    if isinstance(base, dict) and base.get("encryption_key_id") and \
+            backup.encryption_key_id is None:
+        LOG.warning("backup %s is not encrypted but its stored volume metadata names an "
+                    "encryption key: ignoring it", backup.id)
+        base["encryption_key_id"] = None
+        return json.dumps(data)
+    return text
+
+
+def _parent_record(record, job):
+    """``(record, None)`` if the parent's stored lineage is the parent's,
+    else ``(None, why not)``: an incremental then becomes a full backup
+    rather than writing into a chain a planted record names."""
+    try:
+        return lineage.check_belongs(record, job.parent_id, job.volume_id,
+                                     job.parent_location), None
+    except lineage.InvalidLineage as exc:
+        LOG.warning("backup %s: parent %s: %s", job.backup_id, job.parent_id, exc)
+        return None, "the parent's stored lineage is not valid"
 
 
 def _changed_chunks(chunks, chunk_size, digests, parent_digests):

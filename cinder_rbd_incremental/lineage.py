@@ -130,6 +130,71 @@ def validate(record):
         raise InvalidLineage(str(exc)) from None
 
 
+def check_restore_point(image, snap, backup_id, volume_id):
+    """Raise InvalidLineage unless ``image@snap`` is a restore point of backup
+    ``backup_id`` of volume ``volume_id``.
+
+    Every restore point is named after its own backup and lives in a chain
+    named after its volume. Cinder's import applies the exported record's
+    outer fields (``service_metadata``, ``volume_id``) after the driver's
+    ``import_record``, so these names are the only link between a backup row
+    and its data that a tampered record cannot move.
+    """
+    chain = naming.parse_chain_image(image)
+    if chain is None or chain[0] != volume_id:
+        raise InvalidLineage("chain %r is not a chain of volume %s" % (image, volume_id))
+    if naming.parse_backup_snapshot(snap) != backup_id:
+        raise InvalidLineage("restore point %r is not backup %s's" % (snap, backup_id))
+
+
+def check_belongs(record, backup_id, volume_id, location=None):
+    """Return ``record`` (a lineage read back from a target) if it is
+    well-formed and describes backup ``backup_id`` of volume ``volume_id``,
+    stored at ``location`` ``(pool, image, snap)`` when given; else raise
+    InvalidLineage.
+
+    Whoever can write to the backup cluster or the file share can plant a
+    record; it drives deletions on the volume cluster, the next backup's
+    chain and in-place restores, so nothing in it is trusted unchecked.
+    """
+    if record is None:
+        raise InvalidLineage("no lineage stored for backup %s" % backup_id)
+    validate(record)
+    if (record["backup_id"], record["volume_id"]) != (backup_id, volume_id):
+        raise InvalidLineage("the stored lineage describes backup %s of volume %s, not "
+                             "backup %s of volume %s" % (record["backup_id"],
+                                                         record["volume_id"], backup_id,
+                                                         volume_id))
+    target = record["target"]
+    check_restore_point(target["image"], target["snapshot"], backup_id, volume_id)
+    if location is not None and \
+            (target["pool"], target["image"], target["snapshot"]) != tuple(location):
+        raise InvalidLineage("the stored lineage names %s/%s@%s, not %s/%s@%s" % (
+            target["pool"], target["image"], target["snapshot"], *location))
+    _check_source(record["source"], backup_id)
+    return record
+
+
+def _check_source(source, backup_id):
+    """The volume-side names of an RBD backup: its own snapshot (or the Cinder
+    snapshot it backed up) of a well-named image."""
+    if source.get("kind") == "file":
+        return
+    try:
+        naming.check_name(source.get("pool"), "source pool")
+        naming.check_name(source.get("image"), "source image")
+        snap = naming.check_name(source.get("snapshot"), "source snapshot")
+    except naming.InvalidName as exc:
+        raise InvalidLineage(str(exc)) from None
+    cinder_snapshot = source.get("cinder_snapshot")
+    owner = naming.parse_backup_snapshot(snap)
+    if owner != backup_id and (cinder_snapshot is None or owner is not None):
+        raise InvalidLineage("source snapshot %r is not backup %s's" % (snap, backup_id))
+    if cinder_snapshot is not None and snap != cinder_snapshot:
+        raise InvalidLineage("source snapshot %r is not the Cinder snapshot %r"
+                             % (snap, cinder_snapshot))
+
+
 def _check_image(name):
     if naming.parse_chain_image(name) is None:
         raise InvalidLineage("image %r is not a chain image name" % (name,))

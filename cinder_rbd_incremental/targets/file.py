@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import tempfile
 
 from cinder_rbd_incremental import cluster, diffstream, engine, naming
@@ -76,6 +77,22 @@ class DiffStreamSink(engine.Sink):
         return self.writer.bytes_written
 
 
+class SpecialFileSink(DiffStreamSink):
+    """A :class:`DiffStreamSink` on a FIFO or device, written in place:
+    replacing it with a regular file would break the pipe or the device node.
+    An aborted diff lacks its ``e`` record and reads as truncated."""
+
+    def __init__(self, path, version=1):
+        super().__init__(open(path, "wb", buffering=1 << 20), version=version)
+
+    def commit(self):
+        super().commit()
+        self.stream.close()
+
+    def abort(self):
+        self.stream.close()
+
+
 class DiffFileSink(DiffStreamSink):
     """A :class:`DiffStreamSink` on a file that appears only when complete."""
 
@@ -103,6 +120,7 @@ class DiffFileSink(DiffStreamSink):
 
 
 DIFF_SUFFIX = ".diff"
+CHAIN_DIR_MODE = 0o700  # like the diffs' 0600: backups are the tenants' data
 _DIFF_NAME_RE = re.compile(r"^([0-9]{6})\.(.+)\.diff$")
 
 
@@ -144,8 +162,9 @@ class FileTarget(base.BackupTarget):
             raise cluster.ClusterError("file_target_dir %s is not a directory (create it, or "
                                        "mount the share there)" % self.directory)
         try:
-            _write_atomically(os.path.join(self.directory, ".probe"), b"ok")
-            os.unlink(os.path.join(self.directory, ".probe"))
+            fd, probe = tempfile.mkstemp(prefix=".probe.", dir=self.directory)
+            os.close(fd)
+            os.unlink(probe)
         except OSError as exc:
             raise cluster.ClusterError("cannot write to file_target_dir %s: %s"
                                        % (self.directory, exc.strerror)) from None
@@ -158,8 +177,15 @@ class FileSession(base.TargetSession):
         self.directory = directory
 
     def _path(self, chain, *names):
+        """A path in ``chain``'s directory, which must not be a symbolic link
+        (whoever can write to the share could point it anywhere)."""
         naming.check_name(chain, "chain")
-        return os.path.join(self.directory, chain, *names)
+        directory = os.path.join(self.directory, chain)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(directory).st_mode):
+                raise cluster.ClusterError("%s is a symbolic link, not a chain directory: "
+                                           "refusing to use it" % directory)
+        return os.path.join(directory, *names)
 
     def _diffs(self, chain):
         """``[(sequence, snapshot, path)]`` of ``chain`` in order."""
@@ -183,7 +209,7 @@ class FileSession(base.TargetSession):
 
     def new_chain(self, chain, size, order):
         shutil.rmtree(self._path(chain), ignore_errors=True)
-        os.mkdir(self._path(chain))
+        os.mkdir(self._path(chain), CHAIN_DIR_MODE)
 
     @contextlib.contextmanager
     def writing(self, chain, fresh, options):
@@ -195,7 +221,7 @@ class FileSession(base.TargetSession):
         _seq, _snap, path = self._diff_of(chain, snap)
         estimated_records = max(1, os.path.getsize(path) // options.chunk_size)
         odds = 1.0 if sample is None else sample / estimated_records
-        with open(path, "rb") as stream:
+        with _open_no_follow(path) as stream:
             for record in diffstream.DiffReader(stream):
                 if random.random() >= odds:
                     continue
@@ -324,7 +350,7 @@ class DiffChainRestorePoint(base.RestorePoint):
 
     def __init__(self, paths):
         self.paths = paths
-        with open(paths[-1], "rb") as stream:
+        with _open_no_follow(paths[-1]) as stream:
             self.size = diffstream.DiffReader(stream).header.size
 
     def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None):
@@ -336,7 +362,7 @@ class DiffChainRestorePoint(base.RestorePoint):
             engine.apply_records([diffstream.ZeroRecord(0, plan.size)], make_sink(False), plan,
                                  options.zero_granularity)
         for index, path in enumerate(self.paths):
-            with open(path, "rb") as stream:
+            with _open_no_follow(path) as stream:
                 done = engine.apply_records(diffstream.DiffReader(stream), make_sink(
                     fresh and index == 0), plan, options.zero_granularity)
             stats.data_bytes += done.data_bytes
@@ -346,14 +372,32 @@ class DiffChainRestorePoint(base.RestorePoint):
 
 
 def _write_atomically(path, data):
-    tmp = "%s/.%s.tmp" % os.path.split(path)
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    """Write ``path`` (mode 0600) so that it appears complete or not at all.
+
+    The temporary file has a unique name, created exclusively (a planted
+    symbolic link under a predictable name would make us write wherever it
+    points); it is removed if anything fails, and the rename is made durable.
+    """
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(directory)
+
+
+def _open_no_follow(path):
+    """Open ``path`` for reading unless it is a symbolic link."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=1 << 20)
 
 
 def _read(path):
-    with open(path, "rb") as stream:
+    with _open_no_follow(path) as stream:
         return stream.read()

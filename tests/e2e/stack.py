@@ -2,7 +2,9 @@
 
 ``ensure_up()`` runs ``tools/cinder-stack up`` (idempotent) once per process.
 ``client()`` is python-cinderclient (API 3.64) with Cinder's noauth: user and
-project ``admin``, which noauth makes an admin. ``Cinder`` wraps it with the
+project ``admin``, which noauth makes an admin; ``client_for(project, user)``
+is any other user, a member (not an admin) of its project (the stack's noauth
+filter, ``tests/e2e/noauth_users.py``). ``Cinder`` wraps it with the
 waiting every step needs (polling with a deadline, never hanging) and records
 what a test creates so a cleanup removes it: backups newest first (Cinder
 refuses to delete a backup with dependents), then volumes.
@@ -57,8 +59,20 @@ def ensure_up():
 
 
 def client():
-    auth = noauth.CinderNoAuthPlugin("admin", "admin", endpoint=ENDPOINT)
+    return client_for("admin", "admin")
+
+
+def client_for(project, user):
+    """python-cinderclient as ``user`` of ``project``: the user ``admin`` is an
+    admin, any other a member of the project. (With Keystone in front, this is
+    where the tests' users get their credentials.)"""
+    auth = noauth.CinderNoAuthPlugin(user, project, endpoint=ENDPOINT)
     return cinder_client.Client(API_VERSION, session=ks_session.Session(auth=auth, timeout=60))
+
+
+def record_url(decoded):
+    """``backup_url`` of a (possibly edited) decoded backup record."""
+    return base64.b64encode(json.dumps(decoded).encode()).decode()
 
 
 class OperationFailed(AssertionError):
@@ -81,8 +95,8 @@ def wait_for(what, probe, timeout=TIMEOUT):
 class Cinder:
     """python-cinderclient plus waiting and cleanup bookkeeping for one test."""
 
-    def __init__(self):
-        self.c = client()
+    def __init__(self, cinder_client=None):
+        self.c = cinder_client or client()
         self.volumes = []   # ids, creation order
         self.backups = []   # ids, creation order
         self.attachments = []

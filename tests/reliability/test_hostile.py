@@ -3,7 +3,8 @@
 * ``DiffReader`` gets ``FUZZ_INPUTS`` inputs in a bounded, seeded run:
   mutations of valid v1/v2 streams (bit flips, interesting integers written
   over length and offset fields, inserted tags, deleted, duplicated and
-  spliced ranges, truncations) and random bytes. Only ``DiffFormatError`` may
+  spliced ranges, truncations) and random bytes; then ``LINEAGE_INPUTS``
+  hostile ``L`` (lineage) records around the reader's cap. Only ``DiffFormatError`` may
   come out, every input within ``PER_INPUT_SECONDS`` (a watchdog interrupts a
   hang). Every input is also applied with ``engine.apply_records`` to a
   recording sink: an accepted stream is written exactly inside its declared
@@ -35,6 +36,7 @@ from tests.reliability import base, sandbox
 
 SEED = int(os.environ.get("RELIABILITY_SEED") or random.SystemRandom().randrange(1 << 32))
 FUZZ_INPUTS = int(os.environ.get("RELIABILITY_FUZZ_INPUTS") or 100_000)
+LINEAGE_INPUTS = 1000
 FUZZ_BUDGET_SECONDS = 150     # the whole campaign (it takes ~30 s on two cores)
 PER_INPUT_SECONDS = 2.0       # the watchdog; the slowest input is reported
 GRANULARITY = 512
@@ -141,6 +143,21 @@ def mutate(rng, data, pool):
         else:                                     # random bytes
             data[pos:pos] = rng.randbytes(rng.randrange(1, 24))
     return bytes(data)
+
+
+def lineage_input(rng):
+    """A v2 header whose ``L`` record is hostile: declared far larger than
+    the cap, just over or under it, deeply nested, not an object, or cut."""
+    cap = diffstream.MAX_LINEAGE_BYTES
+    body = rng.choice((b"[" * rng.randrange(1, cap + 2),
+                       b'{"a":' * rng.randrange(1, 2000) + b"1" + b"}" * rng.randrange(0, 2000),
+                       json.dumps({"k": "v" * rng.randrange(0, cap)}).encode(),
+                       b"[" + b"0," * rng.randrange(0, cap // 8) + b"0]",
+                       rng.randbytes(rng.randrange(0, 64))))
+    declared = rng.choice((len(body), len(body), rng.choice(INTERESTING), cap, cap + 1))
+    raw = (diffstream.BANNER_V2 + b"s" + struct.pack("<QQ", 8, 1 << 20)
+           + b"L" + struct.pack("<Q", declared) + body)
+    return raw + b"e" if rng.random() < 0.8 else raw[:rng.randrange(len(raw) + 1)]
 
 
 def random_input(rng):
@@ -261,6 +278,32 @@ class DiffReaderFuzzTestCase(unittest.TestCase):
                          "seed %d" % SEED)
         self.assertGreaterEqual(tried, FUZZ_INPUTS, "the time budget ran out first")
         self.assertLess(slowest[0], PER_INPUT_SECONDS)
+
+
+    def test_fuzz_lineage_records(self):
+        """``LINEAGE_INPUTS`` hostile ``L`` records (apart from the campaign
+        above: each costs a few times a mutated stream)."""
+        rng = random.Random(SEED ^ 0x4C)
+        problems, refused = [], 0
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        try:
+            for _ in range(LINEAGE_INPUTS):
+                raw = lineage_input(rng)
+                signal.setitimer(signal.ITIMER_REAL, PER_INPUT_SECONDS)
+                try:
+                    problem = check_input(raw)
+                except Watchdog as exc:
+                    problem = str(exc)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                if problem is not None:
+                    problems.append((problem, raw[:200]))
+                refused += not _accepted(raw)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+        base.count("fuzz_lineage_inputs", LINEAGE_INPUTS)
+        base.count("fuzz_lineage_inputs_refused", refused)
+        self.assertEqual([], problems[:20], "seed %d" % SEED)
 
 
 def _accepted(raw):

@@ -314,6 +314,17 @@ class ValidationTest(unittest.TestCase):
             raw = b"rbd diff v2\nL" + u64(len(payload)) + payload + b"e"
             self.assertError(raw, "lineage record 'L' is not a JSON object")
 
+    def test_lineage_record_is_capped(self):
+        """A crafted ``L`` record is refused by its declared length, before
+        anything is read or parsed (it once drove ``inspect`` to 1.79 GB)."""
+        payload = b"[" * (ds.MAX_LINEAGE_BYTES + 1)
+        raw = b"rbd diff v2\nL" + u64(len(payload)) + payload + b"e"
+        self.assertError(raw, "lineage record length %d exceeds %d bytes"
+                         % (len(payload), ds.MAX_LINEAGE_BYTES))
+        fits = json.dumps({"k": "v" * (ds.MAX_LINEAGE_BYTES - 20)}).encode()
+        header = ds.DiffReader(io.BytesIO(b"rbd diff v2\nL" + u64(len(fits)) + fits + b"e"))
+        self.assertEqual(json.loads(fits), header.header.lineage)
+
     def test_error_is_sticky(self):
         reader = ds.DiffReader(io.BytesIO(self.V1 + b"s" + u64(9)))
         self.assertRaises(ds.DiffFormatError, list, reader)
