@@ -230,7 +230,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 self.context, message_field.Action.BACKUP_CREATE, resource_uuid=volume.id,
                 detail=message_field.Detail.INCREMENTAL_BACKUP_FORCES_FULL_BACKUP,
                 level="WARNING")
-        elif backup.parent_id and self.options.incremental_forever:
+        elif (backup.parent_id and self.options.incremental_forever
+              and self.target.independent_restore_points):
             # Cinder's parent only says "deleting the parent breaks this one",
             # untrue of a snapshot of the chain image: without it any backup
             # can be deleted. The transfer parent stays in the lineage.
