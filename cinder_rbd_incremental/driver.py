@@ -166,10 +166,18 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
     def check_for_setup_error(self):
         try:
             self.engine_options()
+            self._check_incremental_forever()
             lineage.check_pool_fits(self.target.pool, self.target.name)
             self.target.check_setup()
         except (cluster.ClusterError, lineage.InvalidLineage, ValueError) as exc:
             raise exception.BackupDriverException(reason=str(exc)) from None
+
+    def _check_incremental_forever(self):
+        if self.options.incremental_forever and not self.target.independent_restore_points:
+            raise ValueError(
+                "incremental_forever = true needs restore points that do not depend on each "
+                "other, but target = %s keeps each backup as a diff of the one before: set "
+                "incremental_forever = false, or use target = rbd" % self.target.name)
 
     def engine_options(self):
         return engine.TransferOptions(
@@ -239,6 +247,12 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 self.context, message_field.Action.BACKUP_CREATE, resource_uuid=volume.id,
                 detail=message_field.Detail.INCREMENTAL_BACKUP_FORCES_FULL_BACKUP,
                 level="WARNING")
+        elif (backup.parent_id and self.options.incremental_forever
+              and self.target.independent_restore_points):
+            # Cinder's parent only says "deleting the parent breaks this one",
+            # untrue of a snapshot of the chain image: without it any backup
+            # can be deleted. The transfer parent stays in the lineage.
+            updates["parent_id"] = None
         return updates
 
     def _backup_rbd(self, job):

@@ -49,6 +49,14 @@ backup_cluster_opts = [
                     "that `rbd import-diff` applies in order; its name (the last path "
                     "component) is recorded as the backups' container, so keep it when "
                     "moving the mount. Must exist and be writable by cinder-backup."),
+    cfg.BoolOpt("incremental_forever", default=False, mutable=True,
+                help="Record completed incremental backups in Cinder without a parent, so "
+                     "that any backup can be deleted in any order (a rolling window "
+                     "without periodic full backups). The transfer stays incremental "
+                     "(against the volume's newest backup) and its real parent stays in "
+                     "the lineage; Cinder then shows every backup with is_incremental "
+                     "false. Only for target = rbd, whose restore points do not depend "
+                     "on each other. Mutable: SIGHUP to cinder-backup applies a change."),
 ]
 
 source_cluster_opts = [

@@ -34,6 +34,9 @@ class BackupTarget(abc.ABC):
 
     name = None
     pool = None
+    #: True when any restore point can be removed without making another one
+    #: unrestorable (what ``incremental_forever`` needs)
+    independent_restore_points = False
 
     @classmethod
     @abc.abstractmethod

@@ -453,6 +453,7 @@ class RBDTarget(base.BackupTarget):
     """
 
     name = "rbd"
+    independent_restore_points = True  # each snapshot holds the whole volume
     delete_image = staticmethod(delete_image)
 
     def __init__(self, spec, pool, image_layout=None):

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -56,6 +57,10 @@ def ensure_up():
         _up = (proc.returncode, proc.stdout)
     if _up[0] != 0:
         raise RuntimeError("tools/cinder-stack up failed:\n%s" % _up[1])
+    leftovers = os.listdir(CONF_D) if os.path.isdir(CONF_D) else []
+    for leftover in sorted(leftovers):  # of a test run that was killed
+        if leftover.endswith(".conf"):
+            set_backup_options(leftover[:-len(".conf")], None)
 
 
 def client():
@@ -73,6 +78,16 @@ def client_for(project, user):
 def record_url(decoded):
     """``backup_url`` of a (possibly edited) decoded backup record."""
     return base64.b64encode(json.dumps(decoded).encode()).decode()
+
+
+def openstack_env():
+    """``OS_*`` variables that reach this stack as ``client()`` does, for a
+    command using openstacksdk (keystoneauth's ``admin_token`` plugin: Cinder's
+    noauth takes the token ``user:project``)."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("OS_")}
+    env.update(OS_AUTH_TYPE="admin_token", OS_ENDPOINT=ENDPOINT, OS_TOKEN="admin:admin")
+    return env
 
 
 class OperationFailed(AssertionError):
@@ -268,6 +283,17 @@ def forget_backup_record(backup_id):
         raise OperationFailed("backup %s not in %s" % (backup_id, STACK_DB))
 
 
+def set_backup_time(backup_id, when):
+    """Date a backup back (``created_at`` and ``data_timestamp``, a naive UTC
+    datetime): what a retention policy reads, without waiting for days."""
+    stamp = when.strftime("%Y-%m-%d %H:%M:%S.%f")
+    with contextlib.closing(sqlite3.connect(STACK_DB, timeout=30)) as db, db:
+        rows = db.execute("UPDATE backups SET created_at = ?, data_timestamp = ? WHERE id = ?",
+                          (stamp, stamp, backup_id)).rowcount
+    if rows != 1:
+        raise OperationFailed("backup %s not in %s" % (backup_id, STACK_DB))
+
+
 # -- the clusters --------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -376,6 +402,16 @@ def purge_deleted_image(vol_id):
         rbd.RBD().remove(ioctx, name)
 
 
+def restore_point_diff_bytes(image, from_snap, to_snap):
+    """Bytes of chain ``image`` that differ between two of its restore points:
+    what a backup from ``from_snap`` to ``to_snap`` wrote on the backup cluster."""
+    with secondary() as ioctx, rbd.Image(ioctx, image, snapshot=to_snap,
+                                         read_only=True) as img:
+        extents = []
+        img.diff_iterate(0, img.size(), from_snap, lambda *extent: extents.append(extent))
+    return sum(length for _offset, length, _exists in extents)
+
+
 def backup_images():
     with secondary() as ioctx:
         return rbd.RBD().list(ioctx)
@@ -481,6 +517,58 @@ def kill_service(name, timeout=10):
     os.kill(pid, 9)
     wait_for("%s (pid %d) to die" % (name, pid), lambda: not process_alive(pid), timeout)
     return pid
+
+
+CONF_D = os.path.join(STACK_DIR, "etc", "cinder.conf.d")
+
+
+def set_backup_options(name, options):
+    """Run cinder-backup with ``[backup_rbd_incremental]`` ``options`` (mutable
+    ones; None: without them again): writes or removes the option file
+    ``etc/cinder.conf.d/<name>.conf``, sends SIGHUP and waits until the service
+    logged each change."""
+    path = os.path.join(CONF_D, "%s.conf" % name)
+    text = None
+    if options:
+        text = "[backup_rbd_incremental]\n" + "".join(
+            "%s = %s\n" % item for item in sorted(options.items()))
+    try:
+        with open(path) as current:
+            old = current.read()
+    except FileNotFoundError:
+        old = None
+    if old == text:
+        return
+    changed = sorted(set((options or {}).keys()) | set(_option_names(old)))
+    pid = service_pid("cinder-backup")
+    # oslo.service removes its handler while it reloads: a SIGHUP then would
+    # stop the service
+    wait_for("cinder-backup to handle SIGHUP", lambda: catches_sighup(pid), 60)
+    offset = log_size("cinder-backup")
+    if text is None:
+        os.remove(path)
+    else:
+        with open(path + ".tmp", "w") as new:
+            new.write(text)
+        os.rename(path + ".tmp", path)
+    os.kill(pid, signal.SIGHUP)
+    for option in changed:
+        wait_for("cinder-backup to apply %s" % option, lambda option=option: logged_since(
+            offset, "Option backup_rbd_incremental.%s changed" % option), 60)
+    wait_for("cinder-backup to handle SIGHUP again", lambda: catches_sighup(pid), 60)
+
+
+def _option_names(text):
+    return [line.split("=")[0].strip() for line in (text or "").splitlines() if "=" in line]
+
+
+def catches_sighup(pid):
+    """True when process ``pid`` has a handler for SIGHUP (its SigCgt mask)."""
+    with open("/proc/%d/status" % pid) as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
 
 
 def restart_service(name):
