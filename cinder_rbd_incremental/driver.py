@@ -793,8 +793,16 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         parent = self._parent_location(backup.parent) if backup.parent_id else None
         if parent:
             chains.append(parent[1])
-        if target is not None:
-            self._native(self._delete_attempt, chains, backup.id, target)
+        try:
+            if target is not None:
+                self._native(self._delete_attempt, chains, backup.id, target)
+        except cluster.ClusterError as exc:
+            if target.pool == self.target.pool:
+                raise exception.BackupDriverException(reason=(
+                    "cannot look for what backup %s left in %s: %s; nothing was removed"
+                    % (backup.id, target.pool, exc))) from None
+            # a container refused at the start (e.g. no such pool): nothing there
+            LOG.info("backup %s: %s; nothing to remove there", backup.id, exc)
         self._delete_attempt_source_snapshot(backup)
 
     def _delete_chain_snapshot(self, location, backup_id, target):

@@ -86,6 +86,7 @@ class Cinder:
         self.volumes = []   # ids, creation order
         self.backups = []   # ids, creation order
         self.attachments = []
+        self.snapshots = []  # Cinder snapshots: removed after the backups, before volumes
         self.deleted_volumes = []
 
     # -- volumes ---------------------------------------------------------------------
@@ -140,13 +141,43 @@ class Cinder:
         self.attachments.remove(attachment_id)
         return self.wait_volume(vol_id, "available")
 
+    # -- snapshots -------------------------------------------------------------------
+
+    def create_snapshot(self, vol_id, name="e2e"):
+        snapshot = self.c.volume_snapshots.create(vol_id, name=name)
+        self.snapshots.append(snapshot.id)
+        return wait_for("snapshot %s to be available" % snapshot.id, lambda: [
+            snap for snap in [self.c.volume_snapshots.get(snapshot.id)]
+            if snap.status == "available"])[0]
+
+    def delete_snapshot(self, snapshot_id):
+        self.c.volume_snapshots.delete(snapshot_id)
+
+        def gone():
+            try:
+                snap = self.c.volume_snapshots.get(snapshot_id)
+            except cinder_exc.NotFound:
+                return True
+            if snap.status == "error_deleting":
+                raise OperationFailed("snapshot %s: error_deleting" % snapshot_id)
+            return False
+        wait_for("snapshot %s to be deleted" % snapshot_id, gone)
+        self.snapshots.remove(snapshot_id)
+
     # -- backups ---------------------------------------------------------------------
 
-    def create_backup(self, vol_id, incremental=False, force=False, name="e2e"):
+    def create_backup(self, vol_id, incremental=False, force=False, name="e2e",
+                      snapshot_id=None, container=None):
+        backup = self.start_backup(vol_id, incremental, force, name, snapshot_id, container)
+        return self.wait_backup(backup.id, "available")
+
+    def start_backup(self, vol_id, incremental=False, force=False, name="e2e",
+                     snapshot_id=None, container=None):
+        """Ask for a backup; return at once (it is ``creating``)."""
         backup = self.c.backups.create(vol_id, name=name, incremental=incremental,
-                                       force=force)
+                                       force=force, snapshot_id=snapshot_id,
+                                       container=container)
         self.backups.append(backup.id)
-        backup = self.wait_backup(backup.id, "available")
         return backup
 
     def wait_backup(self, backup_id, status, timeout=TIMEOUT):
@@ -223,6 +254,12 @@ class Cinder:
                     self.delete_backup(backup_id)
             except Exception as exc:  # keep cleaning up
                 errors.append("backup %s: %s" % (backup_id, exc))
+        for snapshot_id in reversed(list(self.snapshots)):
+            try:
+                with contextlib.suppress(cinder_exc.NotFound):
+                    self.delete_snapshot(snapshot_id)
+            except Exception as exc:
+                errors.append("snapshot %s: %s" % (snapshot_id, exc))
         for vol_id in reversed(list(self.volumes)):
             try:
                 with contextlib.suppress(cinder_exc.NotFound):
@@ -329,6 +366,14 @@ def content_digest(img):
 
 def volume_digest(vol_id):
     with volume_image(vol_id, read_only=True) as img:
+        return content_digest(img)
+
+
+def snapshot_digest(vol_id, snapshot_id):
+    """Digest of a Cinder snapshot (``snapshot-<id>`` on the volume's image)."""
+    with primary() as ioctx, rbd.Image(ioctx, "volume-%s" % vol_id,
+                                       snapshot="snapshot-%s" % snapshot_id,
+                                       read_only=True) as img:
         return content_digest(img)
 
 
