@@ -174,9 +174,18 @@ class Cinder:
     def start_backup(self, vol_id, incremental=False, force=False, name="e2e",
                      snapshot_id=None, container=None):
         """Ask for a backup; return at once (it is ``creating``)."""
-        backup = self.c.backups.create(vol_id, name=name, incremental=incremental,
-                                       force=force, snapshot_id=snapshot_id,
-                                       container=container)
+        for attempt in range(3):
+            try:
+                backup = self.c.backups.create(vol_id, name=name, incremental=incremental,
+                                               force=force, snapshot_id=snapshot_id,
+                                               container=container)
+                break
+            except cinder_exc.ClientException as exc:
+                # the stack's SQLite: "database is locked" when writers collide on a
+                # busy machine (the request is rolled back; production runs MySQL)
+                if getattr(exc, "code", None) != 500 or attempt == 2:
+                    raise
+                time.sleep(2)
         self.backups.append(backup.id)
         return backup
 
