@@ -17,8 +17,6 @@ from cinder import exception
 from cinder_rbd_incremental import cluster, locking
 from tests.functional import cinder_env, test_driver
 
-Helpers = test_driver.DriverTestCase
-
 
 class SafetyTestCase(unittest.TestCase):
     @classmethod
@@ -29,12 +27,13 @@ class SafetyTestCase(unittest.TestCase):
         self.driver = self.env.driver()
         self.rng = random.Random(self.id())
 
-    # the driver tests' helpers (not their tests)
-    new_volume = Helpers.new_volume
-    write = Helpers.write
-    backup = Helpers.backup
-    restore = Helpers.restore
-    checksum = Helpers.checksum
+    # the driver tests' helpers, not their tests (binding that TestCase class
+    # to a name here would make the loader run all of them again)
+    new_volume = test_driver.DriverTestCase.new_volume
+    write = test_driver.DriverTestCase.write
+    backup = test_driver.DriverTestCase.backup
+    restore = test_driver.DriverTestCase.restore
+    checksum = test_driver.DriverTestCase.checksum
 
     def test_snapshot_backup_keeps_the_volume_chain_incremental(self):
         volume = self.new_volume()
