@@ -65,6 +65,19 @@ class OperationFailed(AssertionError):
     pass
 
 
+def retry_if_locked(create, *args, **kwargs):
+    """``create(...)``, again after an HTTP 500: the stack's SQLite answers
+    "database is locked" when writers collide on a busy machine (the request
+    is rolled back; a production Cinder runs MySQL)."""
+    for attempt in range(4):
+        try:
+            return create(*args, **kwargs)
+        except cinder_exc.ClientException as exc:
+            if getattr(exc, "code", None) != 500 or attempt == 3:
+                raise
+            time.sleep(3)
+
+
 def wait_for(what, probe, timeout=TIMEOUT):
     """Poll ``probe()`` until it returns something true; return that."""
     deadline = time.monotonic() + timeout
@@ -92,7 +105,7 @@ class Cinder:
     # -- volumes ---------------------------------------------------------------------
 
     def create_volume(self, size_gb=1, name="e2e"):
-        vol = self.c.volumes.create(size_gb, name=name)
+        vol = retry_if_locked(self.c.volumes.create, size_gb, name=name)
         self.volumes.append(vol.id)
         return self.wait_volume(vol.id, "available")
 
@@ -174,18 +187,9 @@ class Cinder:
     def start_backup(self, vol_id, incremental=False, force=False, name="e2e",
                      snapshot_id=None, container=None):
         """Ask for a backup; return at once (it is ``creating``)."""
-        for attempt in range(3):
-            try:
-                backup = self.c.backups.create(vol_id, name=name, incremental=incremental,
-                                               force=force, snapshot_id=snapshot_id,
-                                               container=container)
-                break
-            except cinder_exc.ClientException as exc:
-                # the stack's SQLite: "database is locked" when writers collide on a
-                # busy machine (the request is rolled back; production runs MySQL)
-                if getattr(exc, "code", None) != 500 or attempt == 2:
-                    raise
-                time.sleep(2)
+        backup = retry_if_locked(self.c.backups.create, vol_id, name=name,
+                                 incremental=incremental, force=force,
+                                 snapshot_id=snapshot_id, container=container)
         self.backups.append(backup.id)
         return backup
 
