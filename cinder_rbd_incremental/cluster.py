@@ -15,13 +15,14 @@ operation timeout.
 
 import contextlib
 import dataclasses
-import logging
 import os
 
 import rados
 import rbd
 
-LOG = logging.getLogger(__name__)
+from cinder_rbd_incremental import native
+
+LOG = native.get_logger(__name__)
 DEFAULT_OP_TIMEOUT = 120
 OP_TIMEOUT_OPTIONS = ("rados_osd_op_timeout", "rados_mon_op_timeout")
 

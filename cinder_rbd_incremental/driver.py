@@ -23,14 +23,23 @@ like the stock Ceph driver, and incremental whether the volume is attached
 or not.
 
 Long librbd work runs in native threads (Cinder's tpool under eventlet);
-database access stays in the calling green thread.
+database access, notifications and logging stay in the calling green thread
+(see ``native``): what the native work logs is queued and logged after it,
+and by the timer that watches the backup's status while it runs.
+
+Cinder's semantics this driver follows (see doc/source/architecture.rst):
+one writer per chain (``locking``), backups of Cinder snapshots leave the
+volume's backup snapshots alone, a force-deleted backup stops within a few
+seconds and leaves nothing, a restore whose status changes stops with
+``BackupRestoreCancel``, and every backup is read and deleted where it was
+recorded (its pool: the configured one, or the container a user asked for).
 """
 
 import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
+import time
 
 import rados
 import rbd
@@ -39,6 +48,7 @@ from cinder import utils as cinder_utils
 from cinder.backup import driver as backup_driver
 from cinder.message import api as message_api
 from cinder.message import message_field
+from cinder.objects import fields
 from cinder.volume import volume_utils
 from oslo_config import cfg
 from oslo_service import loopingcall
@@ -52,18 +62,24 @@ from cinder_rbd_incremental import (
     engine,
     extents,
     lineage,
+    locking,
     naming,
+    native,
     opts,
     ratelimit,
 )
 from cinder_rbd_incremental.targets import base as target_base
 from cinder_rbd_incremental.targets import rbd as rbd_target
 
-LOG = logging.getLogger(__name__)
+LOG = native.get_logger(__name__)
 CONF = cfg.CONF
 opts.register_opts(CONF)
 TARGET_NAMESPACE = "cinder_rbd_incremental.targets"
-PROGRESS_INTERVAL = 10
+STATUS_POLL_SECONDS = 2  # how soon a force delete or a cancelled restore is noticed
+STOP_WAIT_SECONDS = 120  # how long a force delete waits for its backup to stop
+# Backups this process runs now (touched by green threads only): a force delete
+# of one waits until it stopped and removed what it wrote, instead of racing it.
+_RUNNING_BACKUPS = set()
 IMPORT_PLACEHOLDER_VOLUME_ID = "00000000-0000-0000-0000-000000000000"  # cinder/backup/api.py
 
 
@@ -77,19 +93,56 @@ class BackupJob:
     source_pool: str
     source_image: str
     size: int
+    target: target_base.BackupTarget = None  # the configured one, or at the container
     snapshot_name: str = None          # backing up a Cinder snapshot
     parent_id: str = None
     parent_location: tuple = None      # (pool, image, snap) from the parent's metadata
     volume_metadata: str = None
     progress: dict = dataclasses.field(default_factory=lambda: {"done": 0, "total": 0})
+    watch: "StatusWatch" = None        # set by the green thread, read by the native one
+
+    def should_cancel(self):
+        return self.watch is not None and self.watch.cancelled
 
 
 def run_native(func, *args):
-    """Run blocking librbd work off the eventlet hub (a no-op in thread mode)."""
-    if cinder_utils.concurrency_mode_threading():
-        return func(*args)
-    from eventlet import tpool
-    return tpool.execute(func, *args)
+    """Run blocking librbd work off the eventlet hub (in the caller in thread
+    mode); either way what it logs is queued until ``native.flush_logs``."""
+    return native.run_native(func, *args,
+                             threaded=not cinder_utils.concurrency_mode_threading())
+
+
+class StatusWatch:
+    """Polls a backup's status from the green thread while native work runs
+    (the database is not to be touched from a native thread): ``cancelled``
+    turns True once the status leaves ``expected`` (a force delete of a
+    creating backup, a restore reset or deleted). It also logs what the
+    native work queued meanwhile."""
+
+    def __init__(self, context, backup_id, expected):
+        self.context = context.elevated(read_deleted="yes")
+        self.backup_id = backup_id
+        self.expected = expected
+        self.cancelled = False
+        self.status = expected
+        self._timer = loopingcall.FixedIntervalLoopingCall(self.poll)
+
+    def poll(self):
+        native.flush_logs()
+        try:
+            self.status = objects.Backup.get_by_id(self.context, self.backup_id).status
+        except exception.BackupNotFound:
+            self.status = fields.BackupStatus.DELETED
+        if self.status != self.expected:
+            self.cancelled = True
+
+    def __enter__(self):
+        self._timer.start(interval=STATUS_POLL_SECONDS, initial_delay=STATUS_POLL_SECONDS)
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.stop()
+        native.flush_logs()
 
 
 class Overlapped:
@@ -122,7 +175,8 @@ class Overlapped:
     def _run(self):
         func, args = self._call
         try:
-            self.value = func(*args)
+            with native.section():  # a native thread: no logging from here
+                self.value = func(*args)
         except Exception as exc:  # handed to wait()
             self._error = exc
 
@@ -143,6 +197,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
 
     def __init__(self, context):
         super().__init__(context)
+        # a force delete of a creating backup stops it (see StatusWatch)
+        self.support_force_delete = True
         self.options = CONF[opts.GROUP]
         self.target = load_target(self.options)
         self.message_api = message_api.API()
@@ -152,6 +208,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         names the capabilities this driver needs."""
         try:
             return run_native(func, *args)
+        except locking.ChainBusy as exc:
+            raise exception.BackupDriverException(reason=str(exc)) from None
         except cluster.PermissionDenied as exc:
             raise exception.BackupDriverException(reason=str(exc)) from None
         except (rados.PermissionError, rbd.PermissionError) as exc:
@@ -160,6 +218,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 "pool=<volume pool>', client.%s on the backup cluster 'profile rbd pool=%s'"
                 % (exc, self.options.backup_ceph_user, self.options.backup_ceph_pool))) \
                 from None
+        finally:
+            native.flush_logs()
 
     # -- set-up ----------------------------------------------------------------
 
@@ -168,7 +228,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             self.engine_options()
             self._check_incremental_forever()
             lineage.check_pool_fits(self.target.pool, self.target.name)
-            self.target.check_setup()
+            # connecting blocks for up to connect_timeout: not on the hub
+            self._native(self.target.check_setup)
         except (cluster.ClusterError, lineage.InvalidLineage, ValueError) as exc:
             raise exception.BackupDriverException(reason=str(exc)) from None
 
@@ -207,12 +268,48 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
     def backup(self, backup, volume_file, backup_metadata=False):
         volume = objects.Volume.get_by_id(self.context, backup.volume_id)
         job = self._backup_job(backup, volume, volume_file)
-        with self._progress_notifications(backup, job.progress):
-            if hasattr(volume_file, "rbd_image"):
-                record = self._native(self._backup_rbd, job)
-            else:
-                record = self._native(self._backup_stream, job, volume_file)
+        _RUNNING_BACKUPS.add(backup.id)
+        try:
+            return self._run_backup(backup, volume, volume_file, job)
+        finally:
+            _RUNNING_BACKUPS.discard(backup.id)
+
+    def _run_backup(self, backup, volume, volume_file, job):
+        record = None
+        with self._progress_notifications(backup, job.progress), \
+                StatusWatch(self.context, backup.id, fields.BackupStatus.CREATING) as watch:
+            job.watch = watch
+            try:
+                if hasattr(volume_file, "rbd_image"):
+                    record = self._native(self._backup_rbd, job)
+                else:
+                    record = self._native(self._backup_stream, job, volume_file)
+            except engine.Cancelled as exc:
+                LOG.info("backup %s: %s", backup.id, exc)
+            watch.poll()  # deleted just as it finished?
+            if watch.cancelled:
+                job.progress["total"] = 0  # no "100 %" for it
+        if watch.cancelled:
+            # Cinder then treats the backup as aborted: what it wrote must go
+            LOG.info("backup %s is %s: removing what it wrote", backup.id, watch.status)
+            self._remove_backup(backup, job.target, record)
+            return {}
         return self._finish_backup(backup, volume, record)
+
+    def _target_for_backup(self, backup):
+        """The configured target, or at the container the user asked for (a
+        pool of the backup cluster the backup user can write to, as with
+        Cinder's Ceph driver); BackupDriverException naming what to fix."""
+        pool = backup.container or self.target.pool
+        if pool == self.target.pool:
+            return self.target
+        try:
+            target = self.target.at(pool)
+            self._native(target.check_setup)
+        except (cluster.ClusterError, naming.InvalidName) as exc:
+            raise exception.BackupDriverException(
+                reason="container %s cannot hold backups: %s" % (pool, exc)) from None
+        return target
 
     def _backup_job(self, backup, volume, volume_file):
         snapshot_name = None
@@ -224,7 +321,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         return BackupJob(
             backup_id=backup.id, volume_id=volume.id, source_spec=self.source_spec(volume_file),
             source_pool=getattr(volume_file, "rbd_pool", None), source_image=volume.name,
-            size=volume.size << 30, snapshot_name=snapshot_name, parent_id=backup.parent_id,
+            size=volume.size << 30, target=self._target_for_backup(backup),
+            snapshot_name=snapshot_name, parent_id=backup.parent_id,
             parent_location=parent_location, volume_metadata=self.get_metadata(volume.id))
 
     @staticmethod
@@ -260,14 +358,15 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         options = self.engine_options()
         with cluster.cluster(job.source_spec) as src_client, \
                 cluster.ioctx(src_client, job.source_pool) as src_ctx, \
-                self.target.session(writing=True) as session:
+                job.target.session(writing=True) as session:
             src_snap, parent_lineage = self._snapshot_and_parent_lineage(job, src_ctx, session)
             # started once the data is durable on the target (see _write_chain)
             prune = Overlapped(self._prune_source_snapshots, src_ctx, job, src_snap)
             try:
                 with cluster.image(src_ctx, job.source_image, snapshot=src_snap,
                                    read_only=True) as src_img:
-                    parent = self._usable_parent(src_client, src_img, parent_lineage)
+                    parent = self._usable_parent(src_client, src_img, src_snap,
+                                                 parent_lineage)
                     record = self._transfer(job, options, src_client, src_img, src_snap,
                                             session, parent, prune)
             finally:
@@ -310,7 +409,9 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None, None
         if job.parent_location is None:
             return None, "the parent backup has no lineage of this driver"
-        _pool, image, snap = job.parent_location
+        pool, image, snap = job.parent_location
+        if pool != job.target.pool:
+            return None, "the parent is in %s, this backup goes to %s" % (pool, job.target.pool)
         try:
             record = session.load_lineage(image, job.parent_id)
             chain_snaps = session.snapshots(image)
@@ -325,15 +426,21 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         return _parent_record(record, job)
 
     @staticmethod
-    def _usable_parent(src_client, src_img, parent_lineage):
+    def _usable_parent(src_client, src_img, src_snap, parent_lineage):
         """The parent's lineage if an incremental is possible from the volume's
-        snapshot ``src_img``, else the reason why not."""
+        snapshot ``src_snap`` (``src_img`` is open at it), else the reason why not."""
         record, reason = parent_lineage
         if record is None:
             return None, reason
         source_snap = record["source"].get("snapshot")
-        if source_snap not in rbd_target.snapshot_names(src_img):
+        snap_ids = {snap["name"]: snap["id"] for snap in src_img.list_snaps()}
+        if source_snap not in snap_ids:
             return None, "the parent's source snapshot %s is gone from the volume" % source_snap
+        if snap_ids[source_snap] >= snap_ids.get(src_snap, 0):
+            # e.g. a Cinder snapshot taken after a volume backup's row, before its
+            # RBD snapshot: librbd cannot diff backwards (EINVAL)
+            return None, ("the parent's source snapshot %s is newer than %s, the one backed "
+                          "up" % (source_snap, src_snap))
         identity = cluster.snapshot_identity(src_client, src_img, source_snap)
         if not rbd_target.same_identity(record["source"].get("identity"), identity):
             return None, "the volume image is not the one the parent backed up"
@@ -356,18 +463,31 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             image = naming.chain_image(job.volume_id, job.backup_id)
             session.new_chain(image, src_img.size(), src_img.stat()["order"])
         try:
-            stats, snap_id, verification = self._write_chain(
-                job, options, src_img, session, image, plan, parent is None, prune)
+            with self._chain_locked(session, image, job):
+                return self._write_and_record(job, options, src_img, session, image, plan,
+                                              parent, full_reason, prune)
         except engine.StateError as exc:
             if parent is None:
                 raise
             # The chain is not in the state its lineage says: start a new one.
             return self._transfer(job, options, src_client, src_img, src_snap, session,
                                   (None, "the parent's chain is damaged: %s" % exc), prune)
+
+    def _chain_locked(self, session, image, job):
+        """The chain's writer lock, held from before the first write until the
+        lineage is stored (see ``locking``)."""
+        return session.locked(image, locking.owner(job.backup_id),
+                              self.options.chain_lock_timeout, job.should_cancel)
+
+    def _write_and_record(self, job, options, src_img, session, image, plan, parent,
+                          full_reason, prune):
+        stats, snap_id, verification = self._write_chain(
+            job, options, src_img, session, image, plan, parent is None, prune)
+        src_snap, dest_snap, identity_to = plan.to_snap, plan.dest_to, plan.identity_to
         record = lineage.build(
-            backup_id=job.backup_id, volume_id=job.volume_id, pool=self.target.pool,
+            backup_id=job.backup_id, volume_id=job.volume_id, pool=job.target.pool,
             image=image, snapshot=dest_snap, snap_id=snap_id,
-            method="rbd-diff" if parent else "rbd-full", target=self.target.name,
+            method="rbd-diff" if parent else "rbd-full", target=job.target.name,
             target_fsid=session.fsid,
             source={"pool": job.source_pool, "image": job.source_image, "snapshot": src_snap,
                     "identity": identity_to, "cinder_snapshot": job.snapshot_name},
@@ -387,7 +507,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         """
         options = self.engine_options()
         chunk = self.options.file_chunk_mib << 20
-        with self.target.session(writing=True) as session:
+        with job.target.session(writing=True) as session:
             parent, full_reason, parent_digests = self._usable_stream_parent(job, session)
             snap = naming.backup_snapshot(job.backup_id)
             plan = engine.Plan(to_snap=snap, size=job.size)
@@ -400,16 +520,18 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             digests = []
             records = _changed_chunks(engine.file_chunks(volume_file, job.size, chunk),
                                       chunk, digests, parent_digests)
-            with session.writing(image, parent is None, options) as sink:
-                stats = engine.apply_records(records, self._throttled(sink), plan,
+            with self._chain_locked(session, image, job), \
+                    session.writing(image, parent is None, options) as sink:
+                stats = engine.apply_records(engine.cancellable(records, job.should_cancel),
+                                             self._throttled(sink), plan,
                                              options.zero_granularity,
                                              lambda done, total: job.progress.update(
                                                  done=done, total=total))
             session.save_digests(image, job.backup_id, b"".join(digests))
             record = lineage.build(
-                backup_id=job.backup_id, volume_id=job.volume_id, pool=self.target.pool,
+                backup_id=job.backup_id, volume_id=job.volume_id, pool=job.target.pool,
                 image=image, snapshot=snap, snap_id=sink.snap_id,
-                method="stream-checksum" if parent else "stream-full", target=self.target.name,
+                method="stream-checksum" if parent else "stream-full", target=job.target.name,
                 target_fsid=session.fsid, source={"kind": "file", "chunk": chunk},
                 parent=({"backup_id": job.parent_id, "snapshot": parent["target"]["snapshot"]}
                         if parent else None),
@@ -423,7 +545,10 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             return None, None, None
         if job.parent_location is None:
             return None, "the parent backup has no lineage of this driver", None
-        _pool, image, _snap = job.parent_location
+        pool, image, _snap = job.parent_location
+        if pool != job.target.pool:
+            return None, "the parent is in %s, this backup goes to %s" % (
+                pool, job.target.pool), None
         try:
             record = session.load_lineage(image, job.parent_id)
         except cluster.ClusterError:
@@ -462,7 +587,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         recorder = checksums.Recorder(plan.size, parent=plan.dest_from)
         with session.writing(image, fresh, options) as sink:
             stats = engine.transfer(src_img, self._throttled(sink), plan, options, progress,
-                                    extents=changes, on_durable=durable, digests=recorder)
+                                    should_cancel=job.should_cancel, extents=changes,
+                                    on_durable=durable, digests=recorder)
         session.save_checksums(image, plan.dest_to, recorder.record)
         try:
             verification = self._verify(src_img, session, image, plan, options,
@@ -493,13 +619,19 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                        % (image, snap, offset))
         return {"mode": mode, "result": "identical"}
 
-    @staticmethod
-    def _prune_source_snapshots(src_ctx, job, keep):
-        """Keep only the newest backup snapshot on the volume (the next parent)."""
+    def _prune_source_snapshots(self, src_ctx, job, keep):
+        """Keep the newest ``max_source_snapshots`` backup snapshots on the
+        volume (``keep``, this backup's, among them): each is the base of an
+        incremental should the backups after it be deleted. A backup of a
+        Cinder snapshot removes none: the volume's own backups go on from theirs."""
+        if job.snapshot_name:
+            return
         with cluster.image(src_ctx, job.source_image) as img:
+            kept = set(newest_backup_snapshots(img, self.options.max_source_snapshots))
+            kept.add(keep)
             # also those an interrupted removal left in the trash namespace
             for name in rbd_target.remove_snapshots(
-                    img, lambda name: name != keep and naming.parse_backup_snapshot(name)):
+                    img, lambda name: name not in kept and naming.parse_backup_snapshot(name)):
                 LOG.info("removed old backup snapshot %s@%s", job.source_image, name)
 
     @contextlib.contextmanager
@@ -515,7 +647,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 LOG.info("backup %s: %.1f%% of %d bytes", backup.id, percent, total)
 
         timer = loopingcall.FixedIntervalLoopingCall(notify)
-        timer.start(interval=PROGRESS_INTERVAL, initial_delay=PROGRESS_INTERVAL)
+        interval = CONF.backup_timer_interval  # Cinder's, as its chunked drivers use
+        timer.start(interval=interval, initial_delay=interval)
         try:
             yield
         finally:
@@ -532,13 +665,22 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         volume = objects.Volume.get_by_id(self.context, volume_id)
         original = objects.Volume.get_by_id(self.context, backup.volume_id) \
             if volume_id == backup.volume_id else None
-        if hasattr(volume_file, "rbd_image"):
-            metadata = self._native(self._restore_rbd, location, backup.id, volume,
-                                    volume_file, volume_is_new, original is not None,
-                                    backup.volume_id)
-        else:
-            metadata = self._native(self._restore_stream, location, backup.id, volume_file,
-                                    volume.size << 30, volume_is_new, backup.volume_id)
+        # Cinder's chunked driver stops a restore whose backup leaves 'restoring'
+        with StatusWatch(self.context, backup.id, fields.BackupStatus.RESTORING) as watch:
+            try:
+                if hasattr(volume_file, "rbd_image"):
+                    metadata = self._native(self._restore_rbd, location, backup.id, volume,
+                                            volume_file, volume_is_new, original is not None,
+                                            backup.volume_id, watch)
+                else:
+                    metadata = self._native(self._restore_stream, location, backup.id,
+                                            volume_file, volume.size << 30, volume_is_new,
+                                            backup.volume_id, watch)
+            except engine.Cancelled as exc:
+                LOG.info("restore of backup %s to volume %s: %s (backup status %s)",
+                         backup.id, volume_id, exc, watch.status)
+                raise exception.BackupRestoreCancel(back_id=backup.id,
+                                                    vol_id=volume_id) from None
         metadata = _checked_volume_metadata(metadata, backup)
         if metadata:
             self.put_metadata(volume_id, metadata)
@@ -556,20 +698,27 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         return pool, image, snap
 
     def _check_configured(self, backup_id, target_name, pool):
-        """InvalidBackup unless a backup lives where this driver keeps backups."""
-        if (target_name, pool) != (self.target.name, self.target.pool):
+        """The target (at the recorded ``pool``) that holds a backup;
+        InvalidBackup naming what to fix unless this driver can reach it."""
+        if target_name != self.target.name:
             raise exception.InvalidBackup(
-                reason="backup %s lives in %s target %s, not in the configured %s target %s"
-                       % (backup_id, target_name, pool, self.target.name, self.target.pool))
+                reason="backup %s lives in %s target %s, not in the configured %s target %s: "
+                       "configure [%s] target = %s to reach it"
+                       % (backup_id, target_name, pool, self.target.name, self.target.pool,
+                          opts.GROUP, target_name))
+        try:
+            return self.target.at(pool)
+        except cluster.ClusterError as exc:
+            raise exception.InvalidBackup(reason="backup %s: %s" % (backup_id, exc)) from None
 
     def _restore_rbd(self, location, backup_id, volume, volume_file, volume_is_new,
-                     to_original, backup_volume_id):
+                     to_original, backup_volume_id, watch=None):
         """Restore; returns the backup's volume metadata (read in the same
         session: every image open is round trips to the backup site)."""
-        _pool, image, snap = location
+        pool, image, snap = location
         options = self.engine_options()
         spec = self.source_spec(volume_file)
-        with self.target.session() as session, \
+        with self.target.at(pool).session() as session, \
                 session.restore_point(image, snap) as point, \
                 cluster.cluster(spec) as vol_client, \
                 cluster.ioctx(vol_client, volume_file.rbd_pool) as vol_ctx, \
@@ -591,7 +740,7 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                     dest, fresh=fresh, force=True, max_in_flight_ops=options.max_in_flight_ops,
                     max_in_flight_bytes=options.max_in_flight_bytes))
             stats = point.restore(make_sink, options, dest.size(), volume_is_new, changed,
-                                  dest_image=dest)
+                                  dest_image=dest, should_cancel=_cancel_test(watch))
             metadata = session.load_volume_metadata(image, backup_id)
         LOG.info("restore of backup %s to volume %s: %d bytes read, %d written in %.1f s",
                  backup_id, volume.id, stats.changed_bytes, stats.data_bytes, stats.seconds)
@@ -618,30 +767,31 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
                 in engine.changed_extents(view, snap, at_snap=None))
 
     def _restore_stream(self, location, backup_id, volume_file, volume_size, volume_is_new,
-                        backup_volume_id):
-        _pool, image, snap = location
-        with self.target.session() as session, \
+                        backup_volume_id, watch=None):
+        pool, image, snap = location
+        with self.target.at(pool).session() as session, \
                 session.restore_point(image, snap) as point:
             _stored_lineage(session, location, backup_id, backup_volume_id)
             _check_fits(point, volume_size, backup_id)
             point.restore(lambda fresh: self._throttled(FileObjectSink(volume_file, fresh=fresh)),
-                          self.engine_options(), volume_size, volume_is_new)
+                          self.engine_options(), volume_size, volume_is_new,
+                          should_cancel=_cancel_test(watch))
             return session.load_volume_metadata(image, backup_id)
 
     # -- delete --------------------------------------------------------------------
 
     @disclosure.tenant_facing("delete")
     def delete_backup(self, backup):
+        """Delete where the backup was recorded (its pool or directory). A
+        target this driver cannot reach there is an error that removes
+        nothing: Cinder keeps the backup (status error, the reason in
+        fail_reason) instead of forgetting data it never removed."""
+        self._wait_until_stopped(backup.id)
         try:
             location = lineage.parse_compact(backup.service_metadata)
         except lineage.InvalidLineage as exc:
             LOG.info("backup %s: %s; removing what an attempt may have left", backup.id, exc)
-            chains = [naming.chain_image(backup.volume_id, backup.id)]
-            parent = self._parent_location(backup.parent) if backup.parent_id else None
-            if parent:
-                chains.append(parent[1])
-            self._native(self._delete_attempt, chains, backup.id)
-            self._delete_attempt_source_snapshot(backup)
+            self._remove_attempt(backup)
             return
         try:
             lineage.check_restore_point(location[1], location[2], backup.id, backup.volume_id)
@@ -649,27 +799,80 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             LOG.error("backup %s: %s: not touching it (a tampered or misimported record?)",
                       backup.id, exc)
             raise exception.InvalidBackup(reason=str(exc)) from None
+        target = self._check_configured(
+            backup.id, lineage.compact_target(backup.service_metadata), location[0])
+        self._remove_backup(backup, target, location=location)
+
+    @staticmethod
+    def _wait_until_stopped(backup_id):
+        """A force delete of a backup this process is running: it notices
+        within STATUS_POLL_SECONDS, stops and removes what it wrote; wait for
+        that (the image it writes cannot be removed while it is open)."""
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while backup_id in _RUNNING_BACKUPS and time.monotonic() < deadline:
+            time.sleep(0.5)  # a green thread: eventlet's sleep lets the backup finish
+
+    def _remove_backup(self, backup, target, record=None, location=None):
+        """Remove a backup's restore point and source snapshot (``record``: its
+        lineage, or ``location``: (pool, image, snap)); with neither, what an
+        unfinished attempt at it may have left."""
+        if record is None and location is None:
+            self._remove_attempt(backup, target)
+            return
+        if location is None:
+            location = (record["target"]["pool"], record["target"]["image"],
+                        record["target"]["snapshot"])
         try:
-            record = self._native(self._delete_chain_snapshot, location, backup.id,
-                                  backup.volume_id)
+            stored = self._native(self._delete_chain_snapshot, location, backup.id,
+                                  backup.volume_id, target)
         except target_base.ChainInUse as exc:
             raise exception.InvalidBackup(reason=str(exc)) from None
-        if record:
-            self._native(self._delete_source_snapshot, record)
+        except cluster.ClusterError as exc:
+            raise exception.BackupDriverException(reason=(
+                "backup %s is recorded in %s of the %s target, which cannot be reached (%s): "
+                "nothing was removed; make it reachable and delete again"
+                % (backup.id, location[0], target.name, exc))) from None
+        if stored or record:
+            self._native(self._delete_source_snapshot, stored or record)
 
-    def _delete_chain_snapshot(self, location, backup_id, volume_id):
+    def _remove_attempt(self, backup, target=None):
+        """What an unfinished attempt at ``backup`` may have left: its restore
+        point in its own or its parent's chain, its snapshot of the volume."""
+        if target is None:
+            try:
+                target = self.target.at(backup.container or self.target.pool)
+            except cluster.ClusterError as exc:  # refused at the start: wrote nothing
+                LOG.info("backup %s: %s; nothing to remove there", backup.id, exc)
+                target = None
+        chains = [naming.chain_image(backup.volume_id, backup.id)]
+        parent = self._parent_location(backup.parent) if backup.parent_id else None
+        if parent:
+            chains.append(parent[1])
+        try:
+            if target is not None:
+                self._native(self._delete_attempt, chains, backup.id, target)
+        except cluster.ClusterError as exc:
+            if target.pool == self.target.pool:
+                raise exception.BackupDriverException(reason=(
+                    "cannot look for what backup %s left in %s: %s; nothing was removed"
+                    % (backup.id, target.pool, exc))) from None
+            # a container refused at the start (e.g. no such pool): nothing there
+            LOG.info("backup %s: %s; nothing to remove there", backup.id, exc)
+        self._delete_attempt_source_snapshot(backup)
+
+    def _delete_chain_snapshot(self, location, backup_id, volume_id, target):
         """Remove the restore point; returns its lineage if it is this
         backup's (it names the volume's snapshot to remove), else None."""
         _pool, image, snap = location
-        with self.target.session() as session:
+        with target.session() as session:
             record = None
             with contextlib.suppress(cluster.ClusterError, exception.InvalidBackup):
                 record = _stored_lineage(session, location, backup_id, volume_id)
             session.delete_backup(image, snap, backup_id)
         return record
 
-    def _delete_attempt(self, chains, backup_id):
-        with self.target.session() as session:
+    def _delete_attempt(self, chains, backup_id, target):
+        with target.session() as session:
             for image in chains:
                 session.delete_attempt(image, backup_id)
 
@@ -747,15 +950,27 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
         backup.save()
 
     def _read_lineage(self, location, backup_id, volume_id):
-        _pool, image, snap = location
+        pool, image, snap = location
         try:
-            with self.target.session() as session:
+            with self.target.at(pool).session() as session:
                 if snap not in session.snapshots(image):
                     raise exception.InvalidBackup(reason="snapshot %s@%s does not exist"
                                                   % (image, snap))
                 return _stored_lineage(session, location, backup_id, volume_id)
         except cluster.ClusterError as exc:
             raise exception.InvalidBackup(reason=str(exc)) from None
+
+
+def _cancel_test(watch):
+    """``should_cancel`` for the engine: the watch's verdict (None: never)."""
+    return (lambda: watch.cancelled) if watch is not None else None
+
+
+def newest_backup_snapshots(img, count):
+    """Names of the ``count`` newest backup snapshots of ``img`` (by snapshot id)."""
+    snaps = sorted((snap["id"], snap["name"]) for snap in img.list_snaps()
+                   if naming.parse_backup_snapshot(snap["name"]))
+    return [name for _id, name in snaps[-count:]]
 
 
 class FileObjectSink(engine.Sink):

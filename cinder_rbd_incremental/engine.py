@@ -479,6 +479,16 @@ def apply_records(records, sink, plan, granularity=DEFAULT_GRANULARITY, progress
     return stats
 
 
+def cancellable(items, should_cancel):
+    """Yield ``items``; :class:`Cancelled` once ``should_cancel()`` is True
+    (checked before each item; None: never)."""
+    for item in items:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("cancelled before the record at offset %d"
+                            % getattr(item, "offset", -1))
+        yield item
+
+
 def zero_at_snapshot(image, from_snap, to_snap, span=None):
     """A test ``zero_before(offset, length)``: True when that range read as
     zeros at ``from_snap`` because no object behind it existed then.

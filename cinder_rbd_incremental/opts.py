@@ -120,8 +120,22 @@ health_opts = [
                help="Seconds each step of that check (connect, one read) may take before "
                     "the target counts as not answering."),
 ]
+safety_opts = [
+    cfg.IntOpt("max_source_snapshots", default=3, min=1,
+               help="Backup snapshots (backup.<id>.snap.<ts>) kept on each volume: the "
+                    "newest N, each the possible base of the next incremental. With 1, "
+                    "deleting the newest backup makes the next incremental a full one; "
+                    "each kept snapshot holds the blocks overwritten since it on the "
+                    "volume cluster. Backups of Cinder snapshots never remove any."),
+    cfg.IntOpt("chain_lock_timeout", default=1800, min=0,
+               help="Seconds a backup waits for another backup writing to the same chain "
+                    "(one writer per chain, held on the backup cluster) before it fails "
+                    "with a timeout naming the holder. A holder that died releases the "
+                    "chain by itself after about 30 s (its watch expires; it is then "
+                    "blocklisted and its partial writes rolled back)."),
+]
 
-ALL_OPTS = backup_cluster_opts + source_cluster_opts + engine_opts + health_opts
+ALL_OPTS = backup_cluster_opts + source_cluster_opts + engine_opts + safety_opts + health_opts
 
 
 def register_opts(conf):

@@ -56,6 +56,16 @@ class BackupTarget(abc.ABC):
         lighter and read-only (a full target must still take deletes)."""
         self.check_setup()
 
+    def at(self, pool):
+        """This target for the place ``pool`` recorded with a backup (or asked
+        for as its container); ``cluster.ClusterError`` naming what to fix when
+        this target cannot reach it. By default only its own place."""
+        if pool != self.pool:
+            raise cluster.ClusterError(
+                "the %s target keeps backups in %s, not in %s: configure it back to %s to "
+                "reach those backups" % (self.name, self.pool, pool, pool))
+        return self
+
     @abc.abstractmethod
     def session(self, writing=False):
         """Context manager: a :class:`TargetSession`. ``writing``: the
@@ -77,6 +87,12 @@ class TargetSession(abc.ABC):
     def new_chain(self, chain, size, order):
         """Start ``chain`` empty; a leftover of the same name is removed first
         (its name carries the backup's id that starts it: nothing else uses it)."""
+
+    @abc.abstractmethod
+    def locked(self, chain, me, timeout, should_cancel=None):
+        """Context manager: hold ``chain``'s writer lock (see ``locking``);
+        ``me`` (``locking.owner``) says who holds it. Waits up to ``timeout``
+        seconds for another holder (``locking.ChainBusy`` then)."""
 
     @abc.abstractmethod
     def writing(self, chain, fresh, options):
@@ -143,13 +159,15 @@ class RestorePoint(abc.ABC):
     size = 0
 
     @abc.abstractmethod
-    def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None):
+    def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None,
+                should_cancel=None):
         """Write this backup's data into sinks from ``make_sink(fresh)``.
 
         The destination ends holding exactly the backup over ``[0, size)``
         and zeros over ``[size, dest_size)``. ``fresh``: the destination reads
         as zeros already. ``changed``: extents the caller knows are the only
         ones that differ from this backup (an in-place restore), if any;
-        ``dest_image``: the destination, when it is an RBD image. Returns
+        ``dest_image``: the destination, when it is an RBD image.
+        ``should_cancel()`` True stops it with ``engine.Cancelled``. Returns
         ``engine.Stats``.
         """

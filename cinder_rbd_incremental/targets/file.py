@@ -10,7 +10,6 @@ final name is always complete.
 
 import contextlib
 import json
-import logging
 import os
 import random
 import re
@@ -18,10 +17,10 @@ import shutil
 import stat
 import tempfile
 
-from cinder_rbd_incremental import cluster, diffstream, engine, naming
+from cinder_rbd_incremental import cluster, diffstream, engine, locking, naming, native
 from cinder_rbd_incremental.targets import base
 
-LOG = logging.getLogger(__name__)
+LOG = native.get_logger(__name__)
 
 
 def fsync_directory(path):
@@ -161,10 +160,12 @@ class FileTarget(base.BackupTarget):
         if not os.path.isdir(self.directory):
             raise cluster.ClusterError("file_target_dir %s is not a directory (create it, or "
                                        "mount the share there)" % self.directory)
+        # mkstemp: unique (several backup workers probe at once), never a planted link
         try:
             fd, probe = tempfile.mkstemp(prefix=".probe.", dir=self.directory)
             os.close(fd)
             os.unlink(probe)
+            _mark_target(self.directory)
         except OSError as exc:
             raise cluster.ClusterError("cannot write to file_target_dir %s: %s"
                                        % (self.directory, exc.strerror)) from None
@@ -208,8 +209,12 @@ class FileSession(base.TargetSession):
         return [snap for _seq, snap, _path in self._diffs(chain)]
 
     def new_chain(self, chain, size, order):
+        _mark_target(self.directory)
         shutil.rmtree(self._path(chain), ignore_errors=True)
         os.mkdir(self._path(chain), CHAIN_DIR_MODE)
+
+    def locked(self, chain, me, timeout, should_cancel=None):
+        return locking.file_lock(self._path(chain, ".lock"), chain, me, timeout, should_cancel)
 
     @contextlib.contextmanager
     def writing(self, chain, fresh, options):
@@ -271,6 +276,7 @@ class FileSession(base.TargetSession):
         try:
             diffs = self._diffs(chain)
         except base.ChainNotFound:
+            _check_marked(self.directory)  # gone, or the share is not mounted?
             LOG.info("chain %s is already gone", chain)
             return
         for index, (_seq, name, path) in enumerate(diffs):
@@ -353,7 +359,8 @@ class DiffChainRestorePoint(base.RestorePoint):
         with _open_no_follow(paths[-1]) as stream:
             self.size = diffstream.DiffReader(stream).header.size
 
-    def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None):
+    def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None,
+                should_cancel=None):
         """Each diff through its own sink: a sink's commit waits for all its
         writes, so a later diff's write never races an earlier one's."""
         plan = engine.Plan(to_snap=None, size=max(dest_size, self.size))
@@ -363,12 +370,34 @@ class DiffChainRestorePoint(base.RestorePoint):
                                  options.zero_granularity)
         for index, path in enumerate(self.paths):
             with _open_no_follow(path) as stream:
-                done = engine.apply_records(diffstream.DiffReader(stream), make_sink(
+                records = engine.cancellable(diffstream.DiffReader(stream), should_cancel)
+                done = engine.apply_records(records, make_sink(
                     fresh and index == 0), plan, options.zero_granularity)
             stats.data_bytes += done.data_bytes
             stats.changed_bytes += done.changed_bytes
             stats.seconds += done.seconds
         return stats
+
+
+TARGET_MARKER = ".rbd-incremental-target"
+
+
+def _mark_target(directory):
+    """Leave a marker that this directory holds backups (see _check_marked)."""
+    if not os.path.exists(os.path.join(directory, TARGET_MARKER)):
+        _write_atomically(os.path.join(directory, TARGET_MARKER),
+                          b"cinder-rbd-incremental file target\n")
+
+
+def _check_marked(directory):
+    """ClusterError unless ``directory`` is the one backups were written to:
+    an unmounted share (an empty mount point) must not make a chain look gone,
+    or deleting its backups would orphan their files."""
+    if not os.path.exists(os.path.join(directory, TARGET_MARKER)):
+        raise cluster.ClusterError(
+            "file_target_dir %s does not hold this driver's backups (no %s): mount the "
+            "share there or set file_target_dir to where the backups are"
+            % (directory, TARGET_MARKER))
 
 
 def _write_atomically(path, data):

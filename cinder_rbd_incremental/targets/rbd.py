@@ -17,16 +17,16 @@ metadata (``rbd image-meta``), so the checks work across processes:
 import contextlib
 import dataclasses
 import json
-import logging
+import uuid
 
 import rados
 import rbd
 import tenacity
 
-from cinder_rbd_incremental import checksums, cluster, engine, layout, naming
+from cinder_rbd_incremental import checksums, cluster, engine, layout, locking, naming, native
 from cinder_rbd_incremental.targets import base
 
-LOG = logging.getLogger(__name__)
+LOG = native.get_logger(__name__)
 META_PREFIX = "rbd_incremental."
 PENDING_KEY = META_PREFIX + "pending"
 RBD_DIRECTORY = "rbd_directory"  # librbd's index of a pool's images
@@ -247,7 +247,8 @@ def _snap_size(img, snap_name):
 
 
 @tenacity.retry(retry=tenacity.retry_if_exception_type(rbd.ReadOnlyImage),
-                wait=tenacity.wait_fixed(2), stop=tenacity.stop_after_delay(90), reraise=True)
+                wait=tenacity.wait_fixed(2), stop=tenacity.stop_after_delay(90), reraise=True,
+                sleep=native.sleep)
 def rollback(img, snap_name):
     """Roll HEAD back to ``snap_name``, waiting out a dead writer's lock.
 
@@ -469,6 +470,10 @@ class RBDTarget(base.BackupTarget):
                                    op_timeout=options.op_timeout)
         return cls(spec, options.backup_ceph_pool, layout.Layout.from_conf(options))
 
+    def at(self, pool):
+        """The same backup cluster, pool ``pool``."""
+        return self if pool == self.pool else type(self)(self.spec, pool, self.layout)
+
     @contextlib.contextmanager
     def session(self, writing=False):
         with cluster.cluster(self.spec) as client, cluster.ioctx(client, self.pool) as ctx:
@@ -482,10 +487,12 @@ class RBDTarget(base.BackupTarget):
     def check_setup(self):
         """Connect and prove the user can write to the pool; ClusterError otherwise."""
         with self.session() as session:
-            probe = META_PREFIX + "probe"
+            # unique: several backup workers (backup_workers) probe at once
+            probe = "%sprobe.%s" % (META_PREFIX, uuid.uuid4().hex)
             try:
                 session.ctx.write_full(probe, b"ok")
-                session.ctx.remove_object(probe)
+                with contextlib.suppress(rados.ObjectNotFound):
+                    session.ctx.remove_object(probe)
             except rados.PermissionError:
                 raise cluster.ClusterError(
                     "client.%s cannot write to pool %s: give it 'profile rbd pool=%s'"
@@ -578,6 +585,14 @@ class RBDSession(base.TargetSession):
             delete_image(self.ctx, chain)
         cluster.create_image_like(self.ctx, chain, size, order=order, who=self.who,
                                   layout=self.layout.create_args(self.client))
+
+    @contextlib.contextmanager
+    def locked(self, chain, me, timeout, should_cancel=None):
+        """librbd's exclusive lock on the chain's HEAD, the handle the
+        writes go through."""
+        with self._chain(chain) as img, \
+                locking.image_lock(img, chain, me, timeout, should_cancel):
+            yield
 
     @contextlib.contextmanager
     def writing(self, chain, fresh, options):
@@ -727,7 +742,8 @@ class ImageRestorePoint(base.RestorePoint):
         self.image = img
         self.size = img.size()
 
-    def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None):
+    def restore(self, make_sink, options, dest_size, fresh, changed=None, dest_image=None,
+                should_cancel=None):
         plan = engine.Plan(to_snap=None, size=max(dest_size, self.size))
         extents = changed
         if extents is None and fresh:
@@ -742,7 +758,7 @@ class ImageRestorePoint(base.RestorePoint):
         if extents is not None:
             extents = beyond_size_as_zero(extents, self.size)
         return engine.transfer(self.image, make_sink(fresh and changed is None), plan,
-                               options, extents=extents)
+                               options, extents=extents, should_cancel=should_cancel)
 
 
 def beyond_size_as_zero(extents, size):

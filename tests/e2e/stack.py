@@ -94,6 +94,19 @@ class OperationFailed(AssertionError):
     pass
 
 
+def retry_if_locked(create, *args, **kwargs):
+    """``create(...)``, again after an HTTP 500: the stack's SQLite answers
+    "database is locked" when writers collide on a busy machine (the request
+    is rolled back; a production Cinder runs MySQL)."""
+    for attempt in range(4):
+        try:
+            return create(*args, **kwargs)
+        except cinder_exc.ClientException as exc:
+            if getattr(exc, "code", None) != 500 or attempt == 3:
+                raise
+            time.sleep(3)
+
+
 def wait_for(what, probe, timeout=TIMEOUT):
     """Poll ``probe()`` until it returns something true; return that."""
     deadline = time.monotonic() + timeout
@@ -115,12 +128,13 @@ class Cinder:
         self.volumes = []   # ids, creation order
         self.backups = []   # ids, creation order
         self.attachments = []
+        self.snapshots = []  # Cinder snapshots: removed after the backups, before volumes
         self.deleted_volumes = []
 
     # -- volumes ---------------------------------------------------------------------
 
     def create_volume(self, size_gb=1, name="e2e"):
-        vol = self.c.volumes.create(size_gb, name=name)
+        vol = retry_if_locked(self.c.volumes.create, size_gb, name=name)
         self.volumes.append(vol.id)
         return self.wait_volume(vol.id, "available")
 
@@ -169,13 +183,43 @@ class Cinder:
         self.attachments.remove(attachment_id)
         return self.wait_volume(vol_id, "available")
 
+    # -- snapshots -------------------------------------------------------------------
+
+    def create_snapshot(self, vol_id, name="e2e"):
+        snapshot = self.c.volume_snapshots.create(vol_id, name=name)
+        self.snapshots.append(snapshot.id)
+        return wait_for("snapshot %s to be available" % snapshot.id, lambda: [
+            snap for snap in [self.c.volume_snapshots.get(snapshot.id)]
+            if snap.status == "available"])[0]
+
+    def delete_snapshot(self, snapshot_id):
+        self.c.volume_snapshots.delete(snapshot_id)
+
+        def gone():
+            try:
+                snap = self.c.volume_snapshots.get(snapshot_id)
+            except cinder_exc.NotFound:
+                return True
+            if snap.status == "error_deleting":
+                raise OperationFailed("snapshot %s: error_deleting" % snapshot_id)
+            return False
+        wait_for("snapshot %s to be deleted" % snapshot_id, gone)
+        self.snapshots.remove(snapshot_id)
+
     # -- backups ---------------------------------------------------------------------
 
-    def create_backup(self, vol_id, incremental=False, force=False, name="e2e"):
-        backup = self.c.backups.create(vol_id, name=name, incremental=incremental,
-                                       force=force)
+    def create_backup(self, vol_id, incremental=False, force=False, name="e2e",
+                      snapshot_id=None, container=None):
+        backup = self.start_backup(vol_id, incremental, force, name, snapshot_id, container)
+        return self.wait_backup(backup.id, "available")
+
+    def start_backup(self, vol_id, incremental=False, force=False, name="e2e",
+                     snapshot_id=None, container=None):
+        """Ask for a backup; return at once (it is ``creating``)."""
+        backup = retry_if_locked(self.c.backups.create, vol_id, name=name,
+                                 incremental=incremental, force=force,
+                                 snapshot_id=snapshot_id, container=container)
         self.backups.append(backup.id)
-        backup = self.wait_backup(backup.id, "available")
         return backup
 
     def wait_backup(self, backup_id, status, timeout=TIMEOUT):
@@ -252,6 +296,12 @@ class Cinder:
                     self.delete_backup(backup_id)
             except Exception as exc:  # keep cleaning up
                 errors.append("backup %s: %s" % (backup_id, exc))
+        for snapshot_id in reversed(list(self.snapshots)):
+            try:
+                with contextlib.suppress(cinder_exc.NotFound):
+                    self.delete_snapshot(snapshot_id)
+            except Exception as exc:
+                errors.append("snapshot %s: %s" % (snapshot_id, exc))
         for vol_id in reversed(list(self.volumes)):
             try:
                 with contextlib.suppress(cinder_exc.NotFound):
@@ -369,6 +419,14 @@ def content_digest(img):
 
 def volume_digest(vol_id):
     with volume_image(vol_id, read_only=True) as img:
+        return content_digest(img)
+
+
+def snapshot_digest(vol_id, snapshot_id):
+    """Digest of a Cinder snapshot (``snapshot-<id>`` on the volume's image)."""
+    with primary() as ioctx, rbd.Image(ioctx, "volume-%s" % vol_id,
+                                       snapshot="snapshot-%s" % snapshot_id,
+                                       read_only=True) as img:
         return content_digest(img)
 
 

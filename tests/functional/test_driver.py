@@ -90,10 +90,10 @@ class DriverTestCase(unittest.TestCase):
         for backup in backups[1:]:
             self.assertTrue(backup.parent_id)
         self.assertEqual(1, len({self.env.location(b)[1] for b in backups}), "one chain image")
-        # only the newest backup snapshot stays on the volume
+        # the newest max_source_snapshots (3) backup snapshots stay on the volume
         with self.env.volume_image(volume, read_only=True) as img:
             snaps = [s["name"] for s in img.list_snaps()]
-        self.assertEqual([self.env.location(backups[-1])[2]], snaps)
+        self.assertEqual([self.env.location(b)[2] for b in backups[-3:]], snaps)
 
         for backup, expected in zip(backups, sums, strict=True):
             target = self.new_volume()
@@ -306,13 +306,15 @@ class DriverTestCase(unittest.TestCase):
         full = self.backup(volume)
         self.write(volume)
         clone = self.clone_of(volume, self.env.location(full)[2])
-        with self.assertLogs("cinder_rbd_incremental.driver", "WARNING") as logs:
+        with self.assertLogs("cinder_rbd_incremental.driver", "WARNING") as logs, \
+                self.env.overridden(max_source_snapshots=1):
             second = self.backup(volume, parent=full)
         self.assertIn("could not remove the previous backup snapshot", logs.output[0])
         self.assertTrue(second.parent_id)
         self.env.remove_volume_image(clone)
         self.write(volume)
-        third = self.backup(volume, parent=second)
+        with self.env.overridden(max_source_snapshots=1):
+            third = self.backup(volume, parent=second)
         with self.env.volume_image(volume, read_only=True) as img:
             snaps = [s["name"] for s in img.list_snaps()]
         self.assertEqual([self.env.location(third)[2]], snaps)

@@ -20,8 +20,10 @@ from tests.reliability import sandbox
 class Env(cinder_env.CinderEnv):
     """One per process, on the faults pair."""
 
-    # What the tier runs with: the default verification, shorter timeouts.
-    DEFAULT_OPTIONS = {"verify": "sample", "connect_timeout": 10, "op_timeout": 30}
+    # What the tier runs with: the default verification, shorter timeouts; one
+    # source snapshot kept, so every incremental prunes one (a kill point).
+    DEFAULT_OPTIONS = {"verify": "sample", "connect_timeout": 10, "op_timeout": 30,
+                       "max_source_snapshots": 1}
 
     @classmethod
     def get(cls, db_path, create=True):

@@ -29,23 +29,26 @@ import uuid
 
 import rbd
 
-from cinder_rbd_incremental import naming
+from cinder_rbd_incremental import locking, naming
 from cinder_rbd_incremental.targets import rbd as rbd_target
 from tests.reliability import base, sandbox
 
 SEED = int(os.environ.get("RELIABILITY_SEED") or random.SystemRandom().randrange(1 << 32))
 MiB = sandbox.MiB
-# 23 kill points: 8 syncs, 8 backups and 4 restores at random moments,
-# 3 backups at chosen moments (test_driver_killed_while_recording_and_pruning)
+# 25 kill points: 8 syncs, 8 backups and 4 restores at random moments,
+# 5 backups at chosen moments (test_driver_killed_while_recording_and_pruning)
 CLI_FULL_KILLS = 4
 CLI_INCREMENTAL_KILLS = 4
 DRIVER_FULL_KILLS = 4
 DRIVER_INCREMENTAL_KILLS = 4
 RESTORE_KILLS = 4          # 2 into a new volume, 2 in place
-# (moment, delay): "pruning" once the previous source snapshot starts going
-# (it is removed while the chain marks the restore point), "recorded" once the
-# lineage is stored on the chain image
-END_KILLS = (("pruning", 0.0), ("pruning", 0.05), ("recorded", 0.0), ("recorded", 0.05))
+# (moment, delay): "locked" once the backup holds its chain's lock (it has
+# recorded itself as the chain's writer, nothing written yet), "pruning" once
+# the previous source snapshot starts going (it is removed while the chain
+# marks the restore point), "recorded" once the lineage is stored on the chain
+# image
+END_KILLS = (("locked", 0.0), ("locked", 0.05), ("pruning", 0.0), ("pruning", 0.05),
+             ("recorded", 0.0), ("recorded", 0.05))
 INITIAL_DATA = 48 * MiB     # a backup takes ~1-1.5 s full, ~1.5-2 s incremental
 CHANGE_DATA = 16 * MiB
 SYNC_INITIAL_DATA = 128 * MiB   # sync does not verify: more data for ~1-2 s
@@ -391,7 +394,9 @@ class CrashTestCase(base.ReliabilityTestCase):
         self.assertNotIn(volume.name, sandbox.images(sandbox.PRIMARY))
 
     def test_driver_killed_while_recording_and_pruning(self):
-        """Chosen kill points at the end of an incremental backup: while the
+        """Chosen kill points of an incremental backup: just after it took its
+        chain's lock (the next backup of the chain must get it: the killed
+        holder is fenced, as librbd does once its watch expired), while the
         driver removes the previous backup's snapshot from the volume (librbd
         first moves a snapshot to the trash namespace, then removes it; the
         chain's restore point is being marked meanwhile), and as soon as its
@@ -414,6 +419,8 @@ class CrashTestCase(base.ReliabilityTestCase):
             attempts.append(backup)
             if moment == "pruning":
                 happened = self.snapshot_going(volume.name, parent_snap)
+            elif moment == "locked":
+                happened = self.writing_chain(chain, backup.id)
             else:
                 happened = self.lineage_stored(chain, backup.id)
 
@@ -462,6 +469,16 @@ class CrashTestCase(base.ReliabilityTestCase):
                     rbd.Image(ctx, volume_name, read_only=True) as img:
                 return snap not in rbd_target.snapshot_names(img)
         return going
+
+    @staticmethod
+    def writing_chain(chain, backup_id):
+        """True once ``backup_id`` holds the chain's lock (``locking``: the
+        holder records itself as the chain's writer right after taking it)."""
+        def locked():
+            with sandbox.ioctx(sandbox.SECONDARY) as ctx, \
+                    rbd.Image(ctx, chain, read_only=True) as img:
+                return backup_id in dict(img.metadata_list()).get(locking.WRITER_KEY, "")
+        return locked
 
     @staticmethod
     def lineage_stored(chain, backup_id):
