@@ -9,8 +9,10 @@ requests, not as data.
 
 The bucket lets a writer run into debt and sleep it off, so a write larger
 than the bucket (a 4 MiB object under a small cap) passes at the right
-average rate; it holds at most a tenth of a second of tokens, so an idle
-moment does not buy a burst that would break the cap over a short window.
+average rate. It starts empty and holds at most one second of tokens: a
+stall of the transfer (a slow read, a busy OSD) shorter than that is caught
+up afterwards instead of lost, and an idle moment buys at most one second's
+worth of burst.
 """
 
 import re
@@ -36,7 +38,7 @@ def _native_sleep():
 class TokenBucket:
     """``rate`` bytes per second, shared by the threads that :meth:`take` from it."""
 
-    BURST_SECONDS = 0.1
+    BURST_SECONDS = 1.0
 
     def __init__(self, rate, clock=time.monotonic, sleep=None):
         if rate <= 0:
