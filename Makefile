@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test deps sandbox sandbox-down unit functional e2e lint docs reliability bench bench-quick clean
+.PHONY: demo test deps sandbox sandbox-down unit functional e2e horizon lint docs reliability bench \
+	bench-quick clean
 
 demo: sandbox
 	$(PY) tools/journey.py
@@ -25,7 +26,7 @@ sandbox: deps
 sandbox-down:
 	tools/sandbox down
 
-unit functional e2e lint docs reliability: sandbox
+unit functional e2e horizon lint docs reliability: sandbox
 	tools/run-tests $@
 
 # The API rows use the Cinder stack shared with the e2e tests: bench/run.py
