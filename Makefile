@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test deps sandbox sandbox-down unit functional e2e lint docs reliability mypy releasenotes bench bench-quick dist clean
+.PHONY: demo test deps sandbox sandbox-down unit functional e2e horizon lint docs reliability \
+	mypy releasenotes bench bench-quick dist clean
 
 demo: sandbox
 	$(PY) tools/journey.py
@@ -25,7 +26,7 @@ sandbox: deps
 sandbox-down:
 	tools/sandbox down
 
-unit functional e2e lint reliability: sandbox
+unit functional e2e horizon lint reliability: sandbox
 	tools/run-tests $@
 
 # The docs need only the Python packages (no cluster): building them imports

@@ -1,10 +1,10 @@
 """What the end-to-end tests drive: the real Cinder of ``tools/cinder-stack``.
 
 ``ensure_up()`` runs ``tools/cinder-stack up`` (idempotent) once per process.
-``client()`` is python-cinderclient (API 3.64) with Cinder's noauth: user and
-project ``admin``, which noauth makes an admin; ``client_for(project, user)``
-is any other user, a member (not an admin) of its project (the stack's noauth
-filter, ``tests/e2e/noauth_users.py``). ``Cinder`` wraps it with the
+``client()`` is python-cinderclient (API 3.64) authenticated by the stack's
+Keystone as ``admin`` of project ``admin`` (the openrc of ``tools/cinder-stack
+env``); ``client_for(project, user)`` is one for a plain member of another
+project, made on first use. ``Cinder`` wraps a client with the
 waiting every step needs (polling with a deadline, never hanging) and records
 what a test creates so a cleanup removes it: backups newest first (Cinder
 refuses to delete a backup with dependents), then volumes.
@@ -15,9 +15,12 @@ The volumes' RBD images are read and written directly on the primary cluster
 
 import base64
 import contextlib
+import functools
 import hashlib
+import importlib.util
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -27,8 +30,8 @@ import rados
 import rbd
 from cinderclient import client as cinder_client
 from cinderclient import exceptions as cinder_exc
-from cinderclient.contrib import noauth
 from keystoneauth1 import session as ks_session
+from keystoneauth1.identity import v3 as ks_v3
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SANDBOX_DIR = os.path.abspath(os.environ.get("SANDBOX_DIR") or os.path.join(REPO, ".sandbox"))
@@ -63,31 +66,82 @@ def ensure_up():
             set_backup_options(leftover[:-len(".conf")], None)
 
 
+@functools.lru_cache(maxsize=None)
+def openrc():
+    """The ``export NAME=value`` settings ``tools/cinder-stack env`` prints, as a dict."""
+    out = subprocess.run([os.path.join(REPO, "tools", "cinder-stack"), "env"],
+                         check=True, capture_output=True, text=True, timeout=30).stdout
+    env = {}
+    for line in out.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export":
+            name, _, value = words[1].partition("=")
+            env[name] = value
+    return env
+
+
+def openstack_env():
+    """``os.environ`` plus the openrc: what an ``openstack`` command runs with."""
+    return dict(os.environ, PYTHONWARNINGS="ignore", **openrc())
+
+
+def session_for(username, password, project_name):
+    env = openrc()
+    auth = ks_v3.Password(auth_url=env["OS_AUTH_URL"], username=username, password=password,
+                          project_name=project_name,
+                          user_domain_name=env["OS_USER_DOMAIN_NAME"],
+                          project_domain_name=env["OS_PROJECT_DOMAIN_NAME"])
+    return ks_session.Session(auth=auth, timeout=60)
+
+
 def client():
-    return client_for("admin", "admin")
+    """Cinder as the stack's admin (user ``admin``, project ``admin``)."""
+    env = openrc()
+    return cinder_client.Client(API_VERSION, session=session_for(
+        env["OS_USERNAME"], env["OS_PASSWORD"], env["OS_PROJECT_NAME"]),
+        region_name=env["OS_REGION_NAME"])
+
+
+def _stack_identity():
+    """``tools/stack_identity.py`` (what registers the stack's users) as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "stack_identity", os.path.join(REPO, "tools", "stack_identity.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def password_of(user):
+    """The password ``client_for`` gives a user it makes (a loopback test stack)."""
+    return "%s-stack-password" % user
+
+
+@functools.lru_cache(maxsize=None)
+def ensure_member(project, user):
+    """The Keystone project and its user with the ``member`` role (made if missing,
+    password ``password_of(user)``); returns ``(project id, user id)``."""
+    identity = _stack_identity()
+    conn = identity.connect_admin(openrc())
+    try:
+        found_project, found_user = identity.ensure_user(conn, project, user,
+                                                         password_of(user))
+    finally:
+        conn.close()
+    return found_project.id, found_user.id
 
 
 def client_for(project, user):
-    """python-cinderclient as ``user`` of ``project``: the user ``admin`` is an
-    admin, any other a member of the project. (With Keystone in front, this is
-    where the tests' users get their credentials.)"""
-    auth = noauth.CinderNoAuthPlugin(user, project, endpoint=ENDPOINT)
-    return cinder_client.Client(API_VERSION, session=ks_session.Session(auth=auth, timeout=60))
+    """Cinder as ``user``, a plain member (not admin) of ``project``; both are made
+    in Keystone on first use. For tests between projects (tenant isolation)."""
+    ensure_member(project, user)
+    return cinder_client.Client(API_VERSION, session=session_for(user, password_of(user),
+                                                                 project),
+                                region_name=openrc()["OS_REGION_NAME"])
 
 
 def record_url(decoded):
     """``backup_url`` of a (possibly edited) decoded backup record."""
     return base64.b64encode(json.dumps(decoded).encode()).decode()
-
-
-def openstack_env():
-    """``OS_*`` variables that reach this stack as ``client()`` does, for a
-    command using openstacksdk (keystoneauth's ``admin_token`` plugin: Cinder's
-    noauth takes the token ``user:project``)."""
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith("OS_")}
-    env.update(OS_AUTH_TYPE="admin_token", OS_ENDPOINT=ENDPOINT, OS_TOKEN="admin:admin")
-    return env
 
 
 class OperationFailed(AssertionError):
@@ -123,8 +177,9 @@ def wait_for(what, probe, timeout=TIMEOUT):
 class Cinder:
     """python-cinderclient plus waiting and cleanup bookkeeping for one test."""
 
-    def __init__(self, cinder_client=None):
-        self.c = cinder_client or client()
+    def __init__(self, api=None):
+        """``api``: a python-cinderclient, e.g. ``client_for(...)``; the admin's by default."""
+        self.c = api or client()
         self.volumes = []   # ids, creation order
         self.backups = []   # ids, creation order
         self.attachments = []

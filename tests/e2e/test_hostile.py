@@ -9,8 +9,7 @@
   nothing of the first's, and what it can put into a request of its own
   (container, names, metadata) never leads the driver to the first's chains.
 
-Users come from ``stack.client_for``: noauth users now, Keystone users once
-the stack has Keystone.
+Users come from ``stack.client_for``: Keystone users, members of their project.
 """
 
 import os
