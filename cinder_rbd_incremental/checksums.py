@@ -64,7 +64,7 @@ class Record:
     it was built on (None: a full copy), ``size`` the image size it has."""
 
     size: int
-    parent: str = None
+    parent: str | None = None
     block: int = BLOCK
     data: dict = dataclasses.field(default_factory=dict)
     zeros: list = dataclasses.field(default_factory=list)

@@ -46,11 +46,11 @@ class ClusterSpec:
     doc). ``options`` are extra librados settings, e.g. ``{"rbd_cache": "true"}``.
     """
 
-    conf: str = None
-    user: str = None
-    keyring: str = None
-    connect_timeout: int = None
-    op_timeout: int = None
+    conf: str | None = None
+    user: str | None = None
+    keyring: str | None = None
+    connect_timeout: int | None = None
+    op_timeout: int | None = None
     options: dict = dataclasses.field(default_factory=dict)
 
     def describe(self):

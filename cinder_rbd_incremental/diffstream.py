@@ -515,6 +515,7 @@ def merge(first: DiffReader, second: DiffReader, writer: DiffWriter):
             if a is None or a.offset >= size:
                 a = next(a_records, None)
             continue
+        assert b is not None  # with b exhausted, a took the branch above
         _write_record(writer, b)
         end = b.offset + b.length
         while a is not None and a.offset + a.length <= end:

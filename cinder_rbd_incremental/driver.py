@@ -79,7 +79,7 @@ STATUS_POLL_SECONDS = 2  # how soon a force delete or a cancelled restore is not
 STOP_WAIT_SECONDS = 120  # how long a force delete waits for its backup to stop
 # Backups this process runs now (touched by green threads only): a force delete
 # of one waits until it stopped and removed what it wrote, instead of racing it.
-_RUNNING_BACKUPS = set()
+_RUNNING_BACKUPS: set[str] = set()
 IMPORT_PLACEHOLDER_VOLUME_ID = "00000000-0000-0000-0000-000000000000"  # cinder/backup/api.py
 
 
@@ -93,13 +93,13 @@ class BackupJob:
     source_pool: str
     source_image: str
     size: int
-    target: target_base.BackupTarget = None  # the configured one, or at the container
-    snapshot_name: str = None          # backing up a Cinder snapshot
-    parent_id: str = None
-    parent_location: tuple = None      # (pool, image, snap) from the parent's metadata
-    volume_metadata: str = None
+    target: target_base.BackupTarget | None = None  # the configured one, or at the container
+    snapshot_name: str | None = None          # backing up a Cinder snapshot
+    parent_id: str | None = None
+    parent_location: tuple | None = None      # (pool, image, snap) from the parent's metadata
+    volume_metadata: str | None = None
     progress: dict = dataclasses.field(default_factory=lambda: {"done": 0, "total": 0})
-    watch: "StatusWatch" = None        # set by the green thread, read by the native one
+    watch: "StatusWatch | None" = None        # set by the green thread, read by the native one
 
     def should_cancel(self):
         return self.watch is not None and self.watch.cancelled

@@ -92,11 +92,11 @@ class Plan:
 
     to_snap: str
     size: int
-    from_snap: str = None
-    identity_from: dict = None
-    identity_to: dict = None
-    dest_from_snap: str = None
-    dest_to_snap: str = None
+    from_snap: str | None = None
+    identity_from: dict | None = None
+    identity_to: dict | None = None
+    dest_from_snap: str | None = None
+    dest_to_snap: str | None = None
 
     @property
     def dest_from(self):
@@ -176,7 +176,7 @@ def chunked(extents, chunk_size):
             offset += step
 
 
-_ZERO_BLOCKS = {}
+_ZERO_BLOCKS: dict[int, bytes] = {}
 
 
 def _zero_block(size):

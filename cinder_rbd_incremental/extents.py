@@ -42,7 +42,7 @@ SCAN_OBJECTS = 64  # objects per query of the fall-back scan
 UNKNOWN = object()  # the snapshot an image is open at, when the caller cannot say
 _CHANGED_RUNS = re.compile(rb"\x01+|\x02+")
 _ANY_CHANGE = re.compile(rb"[\x01\x02]+")
-_recent_warnings = collections.deque(maxlen=64)
+_recent_warnings: collections.deque = collections.deque(maxlen=64)
 
 
 class ChangedObjects:

@@ -37,10 +37,10 @@ class Layout:
     """What ``rbd create`` is told beyond name, size and object size.
     ``features`` None: the cluster's ``rbd_default_features``."""
 
-    data_pool: str = None
-    stripe_unit: int = None
-    stripe_count: int = None
-    feature_names: list = None
+    data_pool: str | None = None
+    stripe_unit: int | None = None
+    stripe_count: int | None = None
+    feature_names: list | None = None
     journaling: bool = False
 
     @classmethod

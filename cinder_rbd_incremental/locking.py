@@ -120,7 +120,7 @@ def image_lock(img, chain, me, timeout, should_cancel=None):
 
 # -- file ------------------------------------------------------------------------------
 
-_held_here = set()            # lock files this process holds
+_held_here: set[str] = set()          # lock files this process holds
 _held_here_guard = engine.threading.Lock()
 
 

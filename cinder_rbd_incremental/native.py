@@ -24,7 +24,7 @@ import sys
 from cinder_rbd_incremental import engine
 
 _local = engine.threading.local()   # the OS thread's own, even under eventlet
-_queued = collections.deque()
+_queued: collections.deque = collections.deque()
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import time
 from cinder_rbd_incremental import engine
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_buckets = {}
+_buckets: dict = {}
 _buckets_lock = engine.threading.Lock()
 
 

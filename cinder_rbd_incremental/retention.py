@@ -52,7 +52,7 @@ class Policy:
     weekly: int = 0
     monthly: int = 0
     yearly: int = 0
-    within: datetime.timedelta = None
+    within: datetime.timedelta | None = None
 
     def __post_init__(self):
         for rule in RULES:
@@ -71,7 +71,7 @@ class Backup:
     time: datetime.datetime  # aware
     status: str = "available"
     incremental: bool = False
-    name: str = None
+    name: str | None = None
 
 
 @dataclasses.dataclass
@@ -81,7 +81,7 @@ class Decision:
 
     backup: Backup
     reasons: list = dataclasses.field(default_factory=list)
-    skipped: str = None
+    skipped: str | None = None
 
     @property
     def keep(self):

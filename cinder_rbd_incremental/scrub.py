@@ -46,8 +46,8 @@ class Result:
     offsets: list = dataclasses.field(default_factory=list)
     damaged_blocks: int = 0
     checked_bytes: int = 0
-    sample_percent: float = None
-    reason: str = None
+    sample_percent: float | None = None
+    reason: str | None = None
 
     @property
     def where(self):

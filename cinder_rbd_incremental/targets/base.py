@@ -32,7 +32,7 @@ class BackupTarget(abc.ABC):
     against the configuration before anything is read or removed.
     """
 
-    name = None
+    name: str | None = None
     pool = None
     #: True when any restore point can be removed without making another one
     #: unrestorable (what ``incremental_forever`` needs)
