@@ -10,12 +10,23 @@ import concurrent.futures
 import json
 import random
 import unittest
+from unittest import mock
 
 import rbd
 from cinder import exception
 
-from cinder_rbd_incremental import cluster, locking
+from cinder_rbd_incremental import cluster, driver, locking, naming
 from tests.functional import cinder_env, test_driver
+
+
+class CancelledWatch(driver.StatusWatch):
+    """The status watch as it is once the backup left its status (its timer
+    needs a running eventlet hub, which these tests do not have)."""
+
+    def __enter__(self):
+        self.cancelled = True
+        self.status = "deleting"
+        return self
 
 
 class SafetyTestCase(unittest.TestCase):
@@ -110,6 +121,29 @@ class SafetyTestCase(unittest.TestCase):
         self.assertFalse(backup.parent_id, "an incremental from a newer snapshot")
         reason = self.driver.export_record(backup)["lineage"]["full_reason"]
         self.assertIn("is newer than", reason)
+
+    def test_a_cancelled_backup_leaves_nothing(self):
+        """What a force delete does (the status watch says so at once here):
+        the backup returns no updates and removes what it wrote."""
+        volume = self.new_volume()
+        self.write(volume, count=16)
+        backup = self.env.create_backup(volume)
+        self.addCleanup(self.env.delete_backup_quietly, self.driver, backup)
+        with mock.patch.object(driver, "StatusWatch", CancelledWatch), \
+                self.env.volume_file(volume) as volume_file:
+            self.assertEqual({}, self.driver.backup(backup, volume_file))
+        self.assertFalse(self.env.chain_exists(naming.chain_image(volume.id, backup.id)))
+        with self.env.volume_image(volume, read_only=True) as img:
+            self.assertEqual([], [s["name"] for s in img.list_snaps()])
+
+    def test_a_restore_whose_status_changes_stops(self):
+        volume = self.new_volume()
+        self.write(volume, count=16)
+        backup = self.backup(volume)
+        target = self.new_volume()
+        with mock.patch.object(driver, "StatusWatch", CancelledWatch), \
+                self.assertRaises(exception.BackupRestoreCancel):
+            self.restore(self.env.backup(backup.id), target, volume_is_new=True)
 
     # -- helpers -------------------------------------------------------------------
 
