@@ -193,6 +193,8 @@ def scale_targets(summary, put):
                 put("%s vs %s: within %.1fx (%s)" % (large, small.split(",")[0],
                                                      SCALE_RATIO_TARGET, tool),
                     ratio, ratio <= SCALE_RATIO_TARGET)
+                put("%s vs %s: (CPU seconds ratio, %s)" % (large, small.split(",")[0], tool),
+                    b["cpu"] / a["cpu"], None)
                 # received includes the object map's upkeep: 2 bits per object
                 put("%s: (bytes received / bytes written, %s; %s: %.3f)" % (
                     large, tool, small.split(",")[0], a["received"] / a["payload"]),
@@ -428,14 +430,65 @@ def markdown(rep):
             % (rep.get("ceiling_mib_per_s") or 0, rep["settle"]),
             "", "## Results", "",
             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    for row in rows(rep["summary"]):
+    out += table(rep, lambda name: not name.startswith("scale "))
+    out += ["", "## Targets", ""] + target_table(rep, lambda name: not name.startswith("scale "))
+    scale = scale_markdown(rep)
+    return "\n".join(out + ([""] + scale if scale else []) + [""])
+
+
+def table(rep, keep):
+    """The results table of the scenarios whose name ``keep`` accepts."""
+    out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for row in rows({name: s for name, s in rep["summary"].items() if keep(name)}):
         out.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
-    out += ["", "## Targets", "", "| target | value | |", "|---|---|---|"]
+    return out
+
+
+def target_table(rep, keep):
+    out = ["| target | value | |", "|---|---|---|"]
     for name, t in rep["targets"].items():
-        verdict = "" if t["pass"] is None else ("met" if t["pass"] else "**missed**")
-        out.append("| %s | %s | %s |" % (name, t["value"], verdict))
-    out.append("")
-    return "\n".join(out)
+        if keep(name):
+            verdict = "" if t["pass"] is None else ("met" if t["pass"] else "**missed**")
+            out.append("| %s | %s | %s |" % (name, t["value"], verdict))
+    return out
+
+
+def human_size(size):
+    return "%d GiB" % (size >> 30) if size >= 1 << 30 else "%d MiB" % (size >> 20)
+
+
+def extents_row(rep):
+    """What the extents row measured, if it ran."""
+    if not any("every 8 KiB" in name for name in rep["summary"]):
+        return ""
+    cfg = rep["config"]
+    return (" The *every 8 KiB* row is an incremental `sync` of %d changed extents (4 KiB "
+            "written every 8 KiB in the first %s of a %s thin volume whose objects all held "
+            "data): its peak RSS is the memory bound of the extent list."
+            % (cfg["extents_writes"], human_size(cfg["extents_span"]),
+               human_size(cfg["extents_image"])))
+
+
+def scale_markdown(rep):
+    """The section of the scale rows (``--only scale,extents``), or []."""
+    def scale(name):
+        return name.startswith("scale ")
+    if not any(scale(name) for name in rep["summary"]):
+        return []
+    cfg = rep["config"]
+    sizes = ", ".join(human_size(size) for size in cfg["scale_images"])
+    return [
+        "## Scale: the cost follows the change, not the volume", "",
+        "Thin volumes of %s, each holding %d MiB of random data in whole objects within "
+        "its first %d GiB, backed up (untimed); then the same change on each, %d random "
+        "4 KiB writes within those %d GiB, and the incremental is timed: `rbd-incremental "
+        "sync --from-snap` (*ours*), this project's driver and Cinder's stock driver (both "
+        "as in the journey, with the volume snapshot included). Images are created with "
+        "Ceph's default features (object-map and fast-diff included).%s Run %s, median of "
+        "%d run(s) per cell."
+        % (sizes, cfg["scale_data"] >> 20, cfg["scale_span"] >> 30, cfg["scale_writes"],
+           cfg["scale_span"] >> 30, extents_row(rep), rep["date"], rep["runs"]), ""] + table(
+        rep, scale) + ["", "### Scale targets", ""] + target_table(rep, scale)
 
 
 # Sections after this line in benchmarks.md come from partial runs (``--only``)

@@ -259,6 +259,9 @@ class Bench:
         self.args = args
         self.mode = "quick" if args.quick else "full"
         self.cfg = {k: v for k, v in SIZES[self.mode].items()}
+        if args.extent_writes:
+            self.cfg["extents_writes"] = args.extent_writes
+            self.cfg["extents_span"] = args.extent_writes * 2 * SMALL_WRITE
         self.runs = args.runs
         self.results = {}
         self.notes = {"cache": {}}
@@ -573,7 +576,8 @@ class Bench:
             sync = new_copy("ours", SECONDARY, dest)
             run_measured(sync(vol.spec("b1"), SECONDARY.spec(dest)))
             slots = range(1, span // SMALL_WRITE, span // SMALL_WRITE // count)
-            vol.write(((slot * SMALL_WRITE, self.pool[slot % 1024 * SMALL_WRITE:][:SMALL_WRITE])
+            vol.write(((slot * SMALL_WRITE, self.pool[slot % 1024 * SMALL_WRITE:
+                                                      (slot % 1024 + 1) * SMALL_WRITE])
                        for slot in slots), depth=64)
             vol.snap("b2")
             cmds = ours_sync(vol.spec("b2"), SECONDARY.spec(dest), from_snap="b1")
@@ -960,6 +964,9 @@ def main(argv=None):
                         help="runs per cell (default 3; 1 with --quick)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help="comma-separated subset of %s" % ",".join(SCENARIOS))
+    parser.add_argument("--extent-writes", type=int, default=None, metavar="N",
+                        help="changed extents of the 'extents' row (default 2^20; 2^16 with "
+                             "--quick); written 4 KiB every 8 KiB")
     parser.add_argument("--seed", type=int, default=20240611)
     parser.add_argument("--settle", type=float, default=1.2, metavar="SECONDS",
                         help="idle time before each measurement (default 1.2)")
