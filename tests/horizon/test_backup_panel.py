@@ -53,8 +53,9 @@ class TestBackupPanel(unittest.TestCase):
         boxes = form.find_elements(By.CSS_SELECTOR, "#id_incremental")
         if incremental:  # offered only once the volume has an available backup
             self.assertTrue(boxes, "no Incremental box in Create Backup")
-            boxes[0].click()
-            self.assertTrue(boxes[0].is_selected())
+            # Horizon's themed checkbox hides the input: its label takes the click.
+            form.find_element(By.CSS_SELECTOR, "label[for=id_incremental]").click()
+            self.assertTrue(boxes[0].is_selected(), "the Incremental box did not tick")
         if shot:
             self.horizon.screenshot(shot)
         self.horizon.submit(form)
@@ -76,9 +77,15 @@ class TestBackupPanel(unittest.TestCase):
         self.assertTrue(self.cinder.c.backups.get(incr_id).is_incremental)
         self.horizon.screenshot("horizon-backups")
 
-        # Restore from the Volume Backups panel, to a new volume (the default choice).
+        # Restore from the Volume Backups panel to a new volume (the dialog offers the
+        # backed-up volume first: "Create a New Volume" is the select's empty choice;
+        # its themed drop-down mirrors the hidden select, which takes the value).
         self.horizon.row_action("volume_backups", incr_id, "restore")
-        self.horizon.submit(self.horizon.dialog())
+        form = self.horizon.dialog()
+        self.horizon.driver.execute_script(
+            "arguments[0].value = ''; arguments[0].dispatchEvent(new Event('change'))",
+            form.find_element(By.CSS_SELECTOR, "select#id_volume_id"))
+        self.horizon.submit(form)
         restored = stack.wait_for("the restored volume to be listed", lambda: [
             v for v in self.cinder.c.volumes.list()
             if v.name == "restore_backup_%s" % incr_id])[0]
