@@ -16,7 +16,7 @@ import rados
 import rbd
 from cinder import exception
 
-from cinder_rbd_incremental import cluster
+from cinder_rbd_incremental import cluster, locking
 from cinder_rbd_incremental.targets import base as target_base
 
 LOG = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ CATEGORIES = (
                             "the volume, so none was kept; try again"),
     ((target_base.ChainNotFound,), "the data of this backup is missing from the backup "
                                    "target"),
+    ((locking.ChainBusy,), "another backup of this volume was still writing to its chain "
+                           "when the wait for it ended; try again once it has finished"),
     (UNREACHABLE, "a Ceph cluster could not be reached or did not answer in time; try "
                   "again later"),
     ((exception.InvalidBackup,), "the backup does not match the data stored for it (an "
