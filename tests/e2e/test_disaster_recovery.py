@@ -75,9 +75,10 @@ class TestRebuildFromCatalog(E2ETestCase):
         self.assertEqual([None] + ids[:-1], [point["parent_id"] for point in points])
         # The volume's Cinder fields saved with each backup say whose it was.
         saved = points[0]["volume_metadata"]["volume-base-metadata"]
-        self.assertEqual((vol.id, "e2e-dr", "admin"),
+        project = self.c.client.session.get_project_id()  # the stack admin's (Keystone)
+        self.assertEqual((vol.id, "e2e-dr", project),
                          (saved["id"], saved["display_name"], saved["project_id"]))
-        self.assertIn("volume e2e-dr, project admin", listing)
+        self.assertIn("volume e2e-dr, project %s" % project, listing)
 
         records = records_of(vol.id)
         self.assertEqual(ids, [decoded["id"] for _s, _u, decoded in records])
