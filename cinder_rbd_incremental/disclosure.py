@@ -26,6 +26,15 @@ class VerificationFailed(exception.BackupDriverException):
     """The new restore point does not read back like the source."""
 
 
+class ContainerRefused(exception.BackupDriverException):
+    """The container a user asked for is no pool this service can write to.
+    ``container`` is the user's own input: the tenant may read it back."""
+
+    def __init__(self, container, **kwargs):
+        super().__init__(**kwargs)
+        self.container = container
+
+
 PERMISSION = (cluster.PermissionDenied, rados.PermissionError, rados.PermissionDeniedError,
               rbd.PermissionError)
 UNREACHABLE = (cluster.ClusterError, rados.TimedOut, rbd.Timeout, rados.ConnectionShutdown)
@@ -61,6 +70,11 @@ def causes(exc):
 
 
 def tenant_message(exc):
+    for cause in causes(exc):
+        if isinstance(cause, ContainerRefused):
+            return ("the container %r is not a pool of the backup cluster that the backup "
+                    "service can write to; leave it out or ask an operator which to use"
+                    % cause.container)
     for types, text in CATEGORIES:
         if any(isinstance(cause, types) for cause in causes(exc)):
             return text

@@ -307,8 +307,8 @@ class RBDIncrementalBackupDriver(backup_driver.BackupDriver):
             target = self.target.at(pool)
             self._native(target.check_setup)
         except (cluster.ClusterError, naming.InvalidName) as exc:
-            raise exception.BackupDriverException(
-                reason="container %s cannot hold backups: %s" % (pool, exc)) from None
+            raise disclosure.ContainerRefused(
+                pool, reason="container %s cannot hold backups: %s" % (pool, exc)) from None
         return target
 
     def _backup_job(self, backup, volume, volume_file):

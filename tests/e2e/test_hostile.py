@@ -131,8 +131,17 @@ class TestTwoProjects(HostileE2ETestCase):
         # What it can put into requests of its own leads nowhere near the owner's chains.
         own_vol = self.other.create_volume(1, name="e2e-other")
         chain = next(iter(chains))
+        # A container is a pool of the backup cluster: the owner's chain is none.
+        refused_container = self.other.c.backups.create(own_vol.id, container=chain)
+        self.other.backups.append(refused_container.id)
+        stack.wait_for("the backup into the owner's chain to end", lambda: {
+            "available", "error"} & {self.other.c.backups.get(refused_container.id).status})
+        failure = self.other.c.backups.get(refused_container.id)
+        self.assertEqual("error", failure.status)
+        self.assertIn("is not a pool of the backup cluster", failure.fail_reason)
+        self.other.wait_volume(own_vol.id, "available")
         crafted = self.other.c.backups.create(
-            own_vol.id, name=chain, description=decoded["service_metadata"], container=chain)
+            own_vol.id, name=chain, description=decoded["service_metadata"])
         self.other.backups.append(crafted.id)
         crafted = self.other.wait_backup(crafted.id, "available")
         with self.assertRaises(refused):
