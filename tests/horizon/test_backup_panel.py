@@ -35,10 +35,12 @@ class TestBackupPanel(unittest.TestCase):
         self.horizon = browser.Horizon(USER, stack.password_of(USER))
         self.addCleanup(self.horizon.close)
 
-    def backup_named(self, name):
-        """The backup Horizon just asked for (its id, for the checks and the cleanup)."""
+    def backup_named(self, name, vol_id):
+        """The backup Horizon just asked for (its id, for the checks and the cleanup);
+        of this test's volume: an earlier run may have left one of the same name."""
         found = stack.wait_for("backup %s to be listed" % name, lambda: [
-            b for b in self.cinder.c.backups.list(search_opts={"name": name})])
+            b for b in self.cinder.c.backups.list(search_opts={"name": name,
+                                                               "volume_id": vol_id})])
         self.assertEqual(1, len(found), found)
         self.cinder.backups.append(found[0].id)
         return found[0].id
@@ -59,7 +61,7 @@ class TestBackupPanel(unittest.TestCase):
         if shot:
             self.horizon.screenshot(shot)
         self.horizon.submit(form)
-        backup_id = self.backup_named(name)
+        backup_id = self.backup_named(name, vol_id)
         self.horizon.wait_row_text("/project/backups/", "volume_backups", backup_id,
                                    "Available")
         self.cinder.wait_backup(backup_id, "available")
