@@ -9,6 +9,7 @@ request carries) and raises, in its place, one that says what kind of failure
 it was and what to do, and names only the backup and the request.
 """
 
+import errno
 import functools
 import logging
 
@@ -16,7 +17,7 @@ import rados
 import rbd
 from cinder import exception
 
-from cinder_rbd_incremental import cluster, locking
+from cinder_rbd_incremental import cluster, engine, locking
 from cinder_rbd_incremental.targets import base as target_base
 
 LOG = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ CATEGORIES = (
                                    "target"),
     ((locking.ChainBusy,), "another backup of this volume was still writing to its chain "
                            "when the wait for it ended; try again once it has finished"),
-    (UNREACHABLE, "a Ceph cluster could not be reached or did not answer in time; try "
-                  "again later"),
+    ((engine.TransferError,), "reading or writing the data on a Ceph cluster failed or "
+                              "timed out; try again later"),
+    (UNREACHABLE, "a Ceph cluster could not be reached or timed out; try again later"),
     ((exception.InvalidBackup,), "the backup does not match the data stored for it (an "
                                  "edited or misimported record?); an operator must check it"),
 )
@@ -78,6 +80,8 @@ def tenant_message(exc):
     for types, text in CATEGORIES:
         if any(isinstance(cause, types) for cause in causes(exc)):
             return text
+    if any(getattr(cause, "errno", None) == errno.ETIMEDOUT for cause in causes(exc)):
+        return "a Ceph operation timed out; try again later"
     return GENERIC
 
 

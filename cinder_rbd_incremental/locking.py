@@ -152,7 +152,8 @@ def _file_holder(path):
 @contextlib.contextmanager
 def file_lock(path, chain, me, timeout, should_cancel=None):
     """Hold ``path`` locked (created if needed) for the block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # 0600 and no link followed, like every file of the file target
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         wait_for(lambda: _try_file_lock(fd, path, me), lambda: _file_holder(path), chain, me,
                  timeout, should_cancel)
