@@ -148,6 +148,20 @@ class OperationFailed(AssertionError):
     pass
 
 
+def wait_gone(kind, get, resource_id, timeout=TIMEOUT):
+    """Wait until ``get(resource_id)`` raises NotFound; OperationFailed on
+    ``error_deleting``."""
+    def probe():
+        try:
+            resource = get(resource_id)
+        except cinder_exc.NotFound:
+            return True
+        if resource.status == "error_deleting":
+            raise OperationFailed("%s %s: error_deleting" % (kind, resource_id))
+        return False
+    wait_for("%s %s to be deleted" % (kind, resource_id), probe, timeout)
+
+
 def retry_if_locked(create, *args, **kwargs):
     """``create(...)``, again after an HTTP 500: the stack's SQLite answers
     "database is locked" when writers collide on a busy machine (the request
@@ -205,15 +219,7 @@ class Cinder:
         return wait_for("volume %s to be %s" % (vol_id, status), probe, timeout)
 
     def wait_volume_gone(self, vol_id, timeout=TIMEOUT):
-        def probe():
-            try:
-                vol = self.c.volumes.get(vol_id)
-            except cinder_exc.NotFound:
-                return True
-            if vol.status == "error_deleting":
-                raise OperationFailed("volume %s: error_deleting" % vol_id)
-            return False
-        wait_for("volume %s to be deleted" % vol_id, probe, timeout)
+        wait_gone("volume", self.c.volumes.get, vol_id, timeout)
 
     def delete_volume(self, vol_id):
         self.c.volumes.delete(vol_id)
@@ -249,16 +255,7 @@ class Cinder:
 
     def delete_snapshot(self, snapshot_id):
         self.c.volume_snapshots.delete(snapshot_id)
-
-        def gone():
-            try:
-                snap = self.c.volume_snapshots.get(snapshot_id)
-            except cinder_exc.NotFound:
-                return True
-            if snap.status == "error_deleting":
-                raise OperationFailed("snapshot %s: error_deleting" % snapshot_id)
-            return False
-        wait_for("snapshot %s to be deleted" % snapshot_id, gone)
+        wait_gone("snapshot", self.c.volume_snapshots.get, snapshot_id)
         self.snapshots.remove(snapshot_id)
 
     # -- backups ---------------------------------------------------------------------
