@@ -46,6 +46,18 @@ INTERESTING = [0, 1, 2, 7, 8, 15, 16, 511, 512, 4095, 4096, 4097, 65535, 65536,
 TAGS = b"ftswzeLpxE\x00\xff"
 
 
+
+def check_within_budget(raw):
+    """``check_input(raw)``, or why not when it ran past ``PER_INPUT_SECONDS``
+    (a SIGALRM handler raising Watchdog must be installed)."""
+    signal.setitimer(signal.ITIMER_REAL, PER_INPUT_SECONDS)
+    try:
+        return check_input(raw)
+    except Watchdog as exc:
+        return str(exc)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
 class Watchdog(Exception):
     pass
 
@@ -250,13 +262,7 @@ class DiffReaderFuzzTestCase(unittest.TestCase):
                 else:
                     raw = mutate(rng, rng.choice(pool), pool)
                 begin = time.perf_counter()
-                signal.setitimer(signal.ITIMER_REAL, PER_INPUT_SECONDS)
-                try:
-                    problem = check_input(raw)
-                except Watchdog as exc:
-                    problem = str(exc)
-                finally:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
+                problem = check_within_budget(raw)
                 spent = time.perf_counter() - begin
                 if spent > slowest[0]:
                     slowest = (spent, raw[:64])
@@ -289,13 +295,7 @@ class DiffReaderFuzzTestCase(unittest.TestCase):
         try:
             for _ in range(LINEAGE_INPUTS):
                 raw = lineage_input(rng)
-                signal.setitimer(signal.ITIMER_REAL, PER_INPUT_SECONDS)
-                try:
-                    problem = check_input(raw)
-                except Watchdog as exc:
-                    problem = str(exc)
-                finally:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
+                problem = check_within_budget(raw)
                 if problem is not None:
                     problems.append((problem, raw[:200]))
                 refused += not _accepted(raw)
